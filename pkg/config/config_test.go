@@ -148,6 +148,3 @@ func TestEmptyFileKeepsDefaults(t *testing.T) {
 		t.Error("a missing config file gave no error")
 	}
 }
-
-
-
