@@ -1,0 +1,201 @@
+// Package enricher is the mapping/enrichment service: it consumes raw record
+// batches from the bus, completes and validates each record, pushes the
+// batch to every messenger over gRPC, publishes it as enriched, and only
+// then acks the bus message.
+package enricher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tally-accounting/tally/pkg/bus"
+	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+	"github.com/tally-accounting/tally/pkg/metrics"
+	"github.com/tally-accounting/tally/pkg/record"
+	"github.com/tally-accounting/tally/pkg/rpc"
+	"github.com/tally-accounting/tally/pkg/telemetry"
+)
+
+// Name is the service's name, its --target and its bus stage.
+const Name = "enricher"
+
+// Durable is the bus consumer every enricher replica shares.
+const Durable = "enricher"
+
+// Target is a messenger to push to. Addr is resolved at Start, so the
+// all-in-one mode can point at a messenger bound to a random port.
+type Target struct {
+	Name string
+	Addr func() string
+}
+
+// Deps are what the enricher is built from.
+type Deps struct {
+	Bus       func() *bus.Bus
+	Telemetry *telemetry.Telemetry
+	Metrics   *metrics.Metrics
+	Logger    *slog.Logger
+}
+
+// Service is the enricher with the service lifecycle.
+type Service struct {
+	cfg     Config
+	targets []Target
+	deps    Deps
+	logger  *slog.Logger
+
+	bus      *bus.Bus
+	consumer *bus.Consumer
+	clients  []messengerClient
+}
+
+type messengerClient struct {
+	name string
+	conn *grpc.ClientConn
+	api  tallyv1.MessengerClient
+}
+
+// New returns the enricher service.
+func New(cfg Config, targets []Target, deps Deps) *Service {
+	return &Service{cfg: cfg, targets: targets, deps: deps, logger: deps.Logger.With("service", Name)}
+}
+
+// Name implements service.Service.
+func (s *Service) Name() string { return Name }
+
+// Start dials the messengers and creates the bus consumer.
+func (s *Service) Start(ctx context.Context) error {
+	if len(s.targets) == 0 {
+		return errors.New("no messengers configured: records would have nowhere to go (set enricher.messengers)")
+	}
+	for _, t := range s.targets {
+		addr := t.Addr()
+		conn, err := rpc.Dial(addr, s.deps.Telemetry)
+		if err != nil {
+			s.closeClients()
+			return fmt.Errorf("messenger %s: %w", t.Name, err)
+		}
+		s.clients = append(s.clients, messengerClient{name: t.Name, conn: conn, api: tallyv1.NewMessengerClient(conn)})
+		s.logger.Info("pushing to messenger", "messenger", t.Name, "addr", addr)
+	}
+	s.bus = s.deps.Bus()
+	s.consumer = s.bus.NewConsumer(bus.ConsumerConfig{
+		Stream:         bus.RecordsStream,
+		Durable:        Durable,
+		FilterSubjects: []string{bus.RawAll},
+		Workers:        s.cfg.Workers,
+		Stage:          Name,
+	}, s.handle, s.deps.Metrics)
+	if err := s.consumer.Start(ctx); err != nil {
+		s.closeClients()
+		return err
+	}
+	return nil
+}
+
+// Run consumes until ctx ends.
+func (s *Service) Run(ctx context.Context) error { return s.consumer.Run(ctx) }
+
+// Stop drains in-flight batches, then closes the messenger connections.
+func (s *Service) Stop(ctx context.Context) error {
+	var err error
+	if s.consumer != nil {
+		err = s.consumer.Stop(ctx)
+	}
+	s.closeClients()
+	return err
+}
+
+func (s *Service) closeClients() {
+	for _, c := range s.clients {
+		c.conn.Close()
+	}
+	s.clients = nil
+}
+
+// handle processes one raw batch. Returning nil acks it.
+func (s *Service) handle(ctx context.Context, m *bus.Message) error {
+	batch, err := bus.DecodeBatch(m)
+	if err != nil {
+		return err
+	}
+	valid := make([]*tallyv1.Record, 0, len(batch.GetRecords()))
+	for i, r := range batch.GetRecords() {
+		s.deps.Metrics.RecordsIn.WithLabelValues(Name, record.TypeName(record.TypeOf(r))).Inc()
+		if err := Validate(r); err != nil {
+			if err := s.deadLetterRecord(ctx, batch.GetBatchId(), i, r, err); err != nil {
+				return err // retry the whole batch; nothing was pushed yet
+			}
+			continue
+		}
+		valid = append(valid, r)
+	}
+	if len(valid) == 0 {
+		return nil
+	}
+	req := &tallyv1.PushRequest{BatchId: batch.GetBatchId(), Records: valid}
+	if err := s.pushAll(ctx, req); err != nil {
+		return err
+	}
+	out := &tallyv1.RecordBatch{BatchId: batch.GetBatchId(), Records: valid}
+	first := valid[0]
+	subj := bus.EnrichedSubject(first.GetProvenance().GetRegion(), record.TypeOf(first))
+	if _, err := s.bus.PublishBatch(ctx, subj, out); err != nil {
+		return fmt.Errorf("publish enriched batch %s: %w", batch.GetBatchId(), err)
+	}
+	return nil
+}
+
+// pushAll pushes req to every messenger at once; the batch is done only when
+// all of them accepted it. A messenger that already has it answers
+// "duplicate", so retrying after a partial failure is safe.
+func (s *Service) pushAll(ctx context.Context, req *tallyv1.PushRequest) error {
+	errs := make([]error, len(s.clients))
+	var wg sync.WaitGroup
+	for i, c := range s.clients {
+		wg.Go(func() {
+			resp, err := c.api.Push(ctx, req)
+			if err != nil {
+				s.deps.Metrics.Errors.WithLabelValues(Name, "push_"+c.name).Inc()
+				if status.Code(err) == codes.InvalidArgument {
+					err = bus.Permanent(err)
+				}
+				errs[i] = fmt.Errorf("push batch %s to %s: %w", req.GetBatchId(), c.name, err)
+				return
+			}
+			if !resp.GetDuplicate() {
+				s.logger.Debug("batch delivered", "batch_id", req.GetBatchId(), "messenger", c.name,
+					"accepted", resp.GetAccepted(), "filtered", resp.GetFiltered())
+			}
+		})
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// deadLetterRecord sets one invalid record aside with the reason, so the
+// rest of its batch can go on and nothing vanishes silently.
+func (s *Service) deadLetterRecord(ctx context.Context, batchID string, i int, r *tallyv1.Record, reason error) error {
+	data, err := proto.Marshal(&tallyv1.RecordBatch{BatchId: batchID, Records: []*tallyv1.Record{r}})
+	if err != nil {
+		return err
+	}
+	h := nats.Header{}
+	h.Set(bus.HeaderReason, reason.Error())
+	h.Set(bus.HeaderStage, Name)
+	if _, err := s.bus.Publish(ctx, bus.DeadLetterSubject(Name), fmt.Sprintf("%s/invalid/%d", batchID, i), data, h); err != nil {
+		return fmt.Errorf("dead-letter record %d of %s: %w", i, batchID, err)
+	}
+	s.deps.Metrics.DeadLetters.WithLabelValues(Name).Inc()
+	s.logger.Warn("invalid record dead-lettered", "batch_id", batchID, "record_key", r.GetKey(), "reason", reason)
+	return nil
+}

@@ -1,0 +1,20 @@
+package enricher
+
+import (
+	"errors"
+
+	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+	"github.com/tally-accounting/tally/pkg/record"
+)
+
+// Validate checks what every record needs to be delivered at all: an
+// identity and a payload. The per-format APEL checks build on this.
+func Validate(r *tallyv1.Record) error {
+	switch {
+	case r.GetKey() == "":
+		return errors.New("record has no key")
+	case record.TypeOf(r) == tallyv1.RecordType_RECORD_TYPE_UNSPECIFIED:
+		return errors.New("record " + r.GetKey() + " has no payload")
+	}
+	return nil
+}

@@ -1,0 +1,95 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, env []string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code = Main(context.Background(), args, Env{Stdout: &out, Stderr: &errb, Environ: env})
+	return code, out.String(), errb.String()
+}
+
+func TestHelpAndVersion(t *testing.T) {
+	tests := []struct {
+		args     []string
+		code     int
+		contains string
+	}{
+		{[]string{"--help"}, 0, "tally serve"},
+		{[]string{}, 2, "Commands:"},
+		{[]string{"version"}, 0, "tally "},
+		{[]string{"--version"}, 0, "tally "},
+		{[]string{"serve", "--help"}, 0, "-target services"},
+		{[]string{"bogus"}, 2, `unknown command "bogus"`},
+	}
+	for _, tt := range tests {
+		code, stdout, stderr := run(t, nil, tt.args...)
+		if code != tt.code || !strings.Contains(stdout+stderr, tt.contains) {
+			t.Errorf("tally %q = %d, output lacks %q:\n%s%s", tt.args, code, tt.contains, stdout, stderr)
+		}
+	}
+}
+
+func TestServeConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("nats:\n  url: http://nats:4222\n"), 0o600)
+	typo := filepath.Join(dir, "typo.yaml")
+	os.WriteFile(typo, []byte("enricher:\n  wokers: 3\n"), 0o600)
+	tests := []struct {
+		name string
+		env  []string
+		args []string
+		want string
+	}{
+		{"bad url in file", nil, []string{"--config", bad}, "nats.url"},
+		{"unknown key", nil, []string{"--config", typo}, "wokers"},
+		{"config from env", []string{"TALLY_CONFIG=" + bad}, nil, "nats.url"},
+		{"bad env", []string{"TALLY_SHUTDOWN_TIMEOUT=forever"}, nil, "TALLY_SHUTDOWN_TIMEOUT"},
+		{"bad level flag", nil, []string{"--log-level", "loud"}, "log.level"},
+		{"bad listen", nil, []string{"--listen", "50051"}, "listen"},
+		{"unknown target", nil, []string{"--target", "extractor-foo"}, `unknown target "extractor-foo"`},
+		{"split without nats", nil, []string{"--target", "enricher"}, "--nats-url"},
+		{"all plus more", nil, []string{"--target", "all,api"}, `"all" cannot be combined`},
+		{"bad record type", []string{"TALLY_MESSENGERS_NOOP_RECORD_TYPES=cloud,vm"}, nil, "messengers.noop.record_types"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, stderr := run(t, tt.env, append([]string{"serve"}, tt.args...)...)
+			if code != 2 || !strings.Contains(stderr, tt.want) {
+				t.Errorf("code %d, stderr %q, want 2 and %q", code, stderr, tt.want)
+			}
+		})
+	}
+}
+
+func TestResolveTargets(t *testing.T) {
+	tests := []struct {
+		spec    string
+		natsURL string
+		noop    bool
+		want    []string
+	}{
+		{"all", "", true, []string{TargetAPI, TargetMessengerNoop, TargetEnricher}},
+		{"all", "", false, []string{TargetAPI, TargetEnricher}},
+		{"enricher,api", "nats://n:4222", true, []string{TargetAPI, TargetEnricher}},
+		{"messenger-noop", "", false, []string{TargetMessengerNoop}},
+	}
+	for _, tt := range tests {
+		cfg := DefaultConfig()
+		cfg.NATS.URL = tt.natsURL
+		cfg.Messengers.Noop.Enabled = tt.noop
+		got, err := ResolveTargets(tt.spec, &cfg)
+		if err != nil || !slices.Equal(got, tt.want) {
+			t.Errorf("ResolveTargets(%q) = %q, %v; want %q", tt.spec, got, err, tt.want)
+		}
+	}
+}

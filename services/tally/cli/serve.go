@@ -1,0 +1,361 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/tally-accounting/tally/pkg/bus"
+	"github.com/tally-accounting/tally/pkg/config"
+	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+	"github.com/tally-accounting/tally/pkg/logging"
+	"github.com/tally-accounting/tally/pkg/messenger"
+	"github.com/tally-accounting/tally/pkg/metrics"
+	"github.com/tally-accounting/tally/pkg/record"
+	"github.com/tally-accounting/tally/pkg/rpc"
+	"github.com/tally-accounting/tally/pkg/service"
+	"github.com/tally-accounting/tally/pkg/telemetry"
+	"github.com/tally-accounting/tally/services/enricher"
+)
+
+// Targets a service process can run; "all" runs every one that is enabled.
+const (
+	TargetAll           = "all"
+	TargetAPI           = "api"
+	TargetEnricher      = enricher.Name
+	TargetMessengerNoop = "messenger-noop"
+)
+
+// Targets lists the names --target accepts besides "all", in start order.
+func Targets() []string {
+	return []string{TargetAPI, TargetMessengerNoop, TargetEnricher}
+}
+
+// ServeFlags returns the flag set of "tally serve" bound to cfg, with the
+// --config and --target values; the compose test parses commands with it.
+func ServeFlags(cfg *Config) (fs *flag.FlagSet, path, target *string) {
+	fs = flag.NewFlagSet("serve", flag.ContinueOnError)
+	path = commonFlags(fs, cfg)
+	target = fs.String("target", TargetAll, "`services` to run: all, or a comma-separated list of "+strings.Join(Targets(), ", "))
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "public gRPC API `address` (query, verification, health, reflection)")
+	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "Prometheus /metrics `address`; empty turns it off")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: tally serve [flags]
+
+Runs tally's services. With --target all (the default) every enabled service
+runs in this one process on an embedded NATS JetStream server (store under
+--data-dir), talking gRPC over loopback exactly as the split deployment does.
+With a list of targets, only those run, against the external NATS server
+given by --nats-url.
+
+Configuration is read from the --config file, then TALLY_* environment
+variables (TALLY_NATS_URL for nats.url, ...), then these flags.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	return fs, path, target
+}
+
+// LoadServeConfig parses serve's flags and loads the layered config.
+func LoadServeConfig(args []string, env Env) (cfg Config, targets []string, code int, ok bool) {
+	cfg = DefaultConfig()
+	fs, path, target := ServeFlags(&cfg)
+	if code, ok := parseFlags(fs, args, env); !ok {
+		return cfg, nil, code, false
+	}
+	if *path == "" {
+		*path = env.getenv("TALLY_CONFIG")
+	}
+	unknown, err := config.Layer(&cfg, fs, *path, env.Environ)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "tally serve: %v\n", err)
+		return cfg, nil, 2, false
+	}
+	for _, name := range unknown {
+		if name != "TALLY_CONFIG" {
+			fmt.Fprintf(env.Stderr, "tally serve: warning: unknown environment variable %s (known: see README)\n", name)
+		}
+	}
+	targets, err = ResolveTargets(*target, &cfg)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "tally serve: --target: %v\n", err)
+		return cfg, nil, 2, false
+	}
+	return cfg, targets, 0, true
+}
+
+// ResolveTargets expands --target into the services to run, in start order.
+func ResolveTargets(spec string, cfg *Config) ([]string, error) {
+	names := config.SplitList(spec)
+	if len(names) == 0 {
+		return nil, errors.New("is empty")
+	}
+	if slices.Contains(names, TargetAll) {
+		if len(names) > 1 {
+			return nil, errors.New(`"all" cannot be combined with other targets`)
+		}
+		out := []string{TargetAPI}
+		if cfg.Messengers.Noop.Enabled {
+			out = append(out, TargetMessengerNoop)
+		}
+		return append(out, TargetEnricher), nil
+	}
+	var out []string
+	for _, t := range Targets() {
+		if slices.Contains(names, t) {
+			out = append(out, t)
+		}
+	}
+	for _, n := range names {
+		if !slices.Contains(Targets(), n) {
+			return nil, fmt.Errorf("unknown target %q (known: all, %s)", n, strings.Join(Targets(), ", "))
+		}
+	}
+	if cfg.NATS.URL == "" && slices.Contains(out, TargetEnricher) {
+		return nil, errors.New("a split deployment needs --nats-url: the embedded NATS server runs only with --target all")
+	}
+	return out, nil
+}
+
+func serve(ctx context.Context, args []string, env Env) int {
+	cfg, targets, code, ok := LoadServeConfig(args, env)
+	if !ok {
+		return code
+	}
+	logger, err := logging.New(env.Stderr, cfg.Log)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "tally serve: %v\n", err)
+		return 2
+	}
+	if err := runServices(ctx, &cfg, targets, logger); err != nil {
+		logger.Error("tally serve failed", "error", err)
+		return 1
+	}
+	logger.Info("tally stopped")
+	return 0
+}
+
+// runServices runs targets until ctx ends.
+func runServices(ctx context.Context, cfg *Config, targets []string, logger *slog.Logger) error {
+	tel, err := telemetry.Setup(ctx, "tally", Version())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		defer cancel()
+		_ = tel.Shutdown(sctx)
+	}()
+	p, err := buildProcess(cfg, targets, tel, logger)
+	if err != nil {
+		return err
+	}
+	logger.Info("tally starting", "version", Version(), "targets", strings.Join(targets, ","),
+		"nats", natsDescription(cfg), "listen", cfg.Listen, "data_dir", cfg.DataDir)
+	return p.manager.Run(ctx)
+}
+
+// needsBus reports whether a target uses NATS; a messenger or the API alone
+// does not.
+func needsBus(target string) bool { return target == TargetEnricher }
+
+func natsDescription(cfg *Config) string {
+	if cfg.NATS.URL == "" {
+		return "embedded (" + filepath.Join(cfg.DataDir, "nats") + ")"
+	}
+	return config.RedactURL(cfg.NATS.URL)
+}
+
+// process is one tally process: its services and their shared parts.
+type process struct {
+	manager *service.Manager
+	api     *rpc.Server
+	grpc    []*rpc.Server
+	busSvc  *busService
+}
+
+// buildProcess wires the services for targets. Services start in the order
+// of the list and stop in reverse, so the bus comes first and goes last.
+func buildProcess(cfg *Config, targets []string, tel *telemetry.Telemetry, logger *slog.Logger) (*process, error) {
+	m := metrics.New()
+	p := &process{busSvc: &busService{cfg: cfg, tel: tel, logger: logger}}
+	var services []service.Service
+	if slices.ContainsFunc(targets, needsBus) {
+		services = append(services, p.busSvc)
+	}
+	if cfg.MetricsListen != "" {
+		services = append(services, metrics.NewServer(cfg.MetricsListen, m, logger))
+	}
+	var messengerTargets []enricher.Target
+	for _, t := range targets {
+		switch t {
+		case TargetAPI:
+			p.api = rpc.NewServer("api", cfg.Listen, tel, logger)
+			p.grpc = append(p.grpc, p.api)
+			services = append(services, p.api)
+		case TargetMessengerNoop:
+			srv, closer, err := newMessenger("noop", cfg.Messengers.Noop, messenger.Discard{}, cfg, tel, m, logger)
+			if err != nil {
+				return nil, err
+			}
+			p.grpc = append(p.grpc, srv)
+			services = append(services, srv, closer)
+			messengerTargets = append(messengerTargets, enricher.Target{Name: "noop", Addr: srv.Addr})
+		case TargetEnricher:
+			// In the split deployment the addresses come from the config; in
+			// all-in-one they default to the messengers of this process.
+			if len(cfg.Enricher.Messengers) > 0 {
+				messengerTargets = messengerTargets[:0]
+				for _, mt := range cfg.Enricher.Messengers {
+					messengerTargets = append(messengerTargets, enricher.Target{Name: mt.Name, Addr: func() string { return mt.Address }})
+				}
+			}
+			services = append(services, enricher.New(cfg.Enricher, messengerTargets, enricher.Deps{
+				Bus: p.busSvc.Bus, Telemetry: tel, Metrics: m, Logger: logger,
+			}))
+		}
+	}
+	p.manager = service.NewManager(logger, cfg.ShutdownTimeout, services...)
+	p.manager.OnStateChange(p.healthFollows())
+	return p, nil
+}
+
+// healthFollows makes every gRPC health service report SERVING exactly while
+// every service of the process runs.
+func (p *process) healthFollows() func(string, service.State) {
+	var mu sync.Mutex
+	return func(string, service.State) {
+		mu.Lock()
+		defer mu.Unlock()
+		st := healthpb.HealthCheckResponse_SERVING
+		for _, s := range p.manager.States() {
+			if s != service.Running {
+				st = healthpb.HealthCheckResponse_NOT_SERVING
+			}
+		}
+		for _, g := range p.grpc {
+			g.Health.SetServingStatus("", st)
+			for name := range g.GRPC.GetServiceInfo() {
+				g.Health.SetServingStatus(name, st)
+			}
+		}
+	}
+}
+
+// newMessenger builds a messenger's gRPC server and a service that closes
+// its ledger after the server stopped.
+func newMessenger(name string, mc MessengerConfig, sink messenger.Sink, cfg *Config, tel *telemetry.Telemetry, m *metrics.Metrics, logger *slog.Logger) (*rpc.Server, service.Service, error) {
+	types, err := record.ParseTypes(mc.RecordTypes)
+	if err != nil {
+		return nil, nil, fmt.Errorf("messengers.%s.record_types: %w", name, err)
+	}
+	srv := rpc.NewServer("messenger-"+name, mc.Listen, tel, logger)
+	var ledger *messenger.Ledger
+	ms := &lazyMessenger{}
+	tallyv1.RegisterMessengerServer(srv.GRPC, ms)
+	closer := service.Funcs{
+		ServiceName: "messenger-" + name + "-ledger",
+		StartFunc: func(context.Context) error {
+			var err error
+			ledger, err = messenger.OpenLedger(cfg.ledgerPath(name), 0)
+			if err != nil {
+				return err
+			}
+			ms.set(messenger.NewServer(name, sink, ledger, types, m, logger))
+			return nil
+		},
+		StopFunc: func(context.Context) error { return ledger.Close() },
+	}
+	return srv, closer, nil
+}
+
+// lazyMessenger lets the gRPC server be registered before the ledger is
+// opened at Start; a call before that is answered Unavailable.
+type lazyMessenger struct {
+	tallyv1.UnimplementedMessengerServer
+	mu sync.RWMutex
+	s  *messenger.Server
+}
+
+func (l *lazyMessenger) set(s *messenger.Server) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.s = s
+}
+
+func (l *lazyMessenger) Push(ctx context.Context, req *tallyv1.PushRequest) (*tallyv1.PushResponse, error) {
+	l.mu.RLock()
+	s := l.s
+	l.mu.RUnlock()
+	if s == nil {
+		return nil, errUnavailable
+	}
+	return s.Push(ctx, req)
+}
+
+// busService owns the bus connection, and the embedded NATS server when no
+// external URL is configured.
+type busService struct {
+	cfg      *Config
+	tel      *telemetry.Telemetry
+	logger   *slog.Logger
+	embedded *bus.Embedded
+	bus      *bus.Bus
+}
+
+func (b *busService) Name() string { return "bus" }
+
+// Bus is valid after Start.
+func (b *busService) Bus() *bus.Bus { return b.bus }
+
+func (b *busService) Start(ctx context.Context) error {
+	if b.cfg.NATS.URL == "" {
+		dir := filepath.Join(b.cfg.DataDir, "nats")
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
+		emb, err := bus.StartEmbedded(bus.EmbeddedConfig{StoreDir: dir, Listen: b.cfg.NATS.EmbeddedListen}, b.logger)
+		if err != nil {
+			return err
+		}
+		b.embedded = emb
+		if u := emb.ClientURL(); u != "" {
+			b.logger.Info("embedded NATS listening", "url", u)
+		}
+	}
+	bb, err := bus.Connect(ctx, b.cfg.NATS, b.embedded, "tally", b.tel, b.logger)
+	if err != nil {
+		if b.embedded != nil {
+			b.embedded.Shutdown()
+		}
+		return err
+	}
+	b.bus = bb
+	return nil
+}
+
+func (b *busService) Run(ctx context.Context) error {
+	<-ctx.Done()
+	return nil
+}
+
+func (b *busService) Stop(context.Context) error {
+	if b.bus != nil {
+		b.bus.NC.Close()
+	}
+	if b.embedded != nil {
+		b.embedded.Shutdown()
+	}
+	return nil
+}
