@@ -32,7 +32,7 @@ type Config struct {
 	// MetricsListen serves Prometheus /metrics; empty turns it off.
 	MetricsListen string `yaml:"metrics_listen"`
 	// ShutdownTimeout bounds a graceful stop.
-	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	ShutdownTimeout time.Duration   `yaml:"shutdown_timeout"`
 	NATS            bus.Config      `yaml:"nats"`
 	Enricher        enricher.Config `yaml:"enricher"`
 	Messengers      Messengers      `yaml:"messengers"`
