@@ -148,7 +148,7 @@ func serve(ctx context.Context, args []string, env Env) int {
 
 // runServices runs targets until ctx ends.
 func runServices(ctx context.Context, cfg *Config, targets []string, logger *slog.Logger) error {
-	tel, err := telemetry.Setup(ctx, "tally", Version())
+	tel, err := telemetry.Setup(ctx, traceServiceName(targets), Version())
 	if err != nil {
 		return err
 	}
@@ -164,6 +164,19 @@ func runServices(ctx context.Context, cfg *Config, targets []string, logger *slo
 	logger.Info("tally starting", "version", Version(), "targets", strings.Join(targets, ","),
 		"nats", natsDescription(cfg), "listen", cfg.Listen, "data_dir", cfg.DataDir)
 	return p.manager.Run(ctx)
+}
+
+// traceServiceName names the process in traces: "tally" for the all-in-one,
+// "tally-enricher" for one target of the split deployment. OTEL_SERVICE_NAME
+// overrides it.
+func traceServiceName(targets []string) string {
+	if n := os.Getenv("OTEL_SERVICE_NAME"); n != "" {
+		return n
+	}
+	if len(targets) == 1 {
+		return "tally-" + targets[0]
+	}
+	return "tally"
 }
 
 // needsBus reports whether a target uses NATS; a messenger or the API alone
