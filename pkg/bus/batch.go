@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
@@ -18,7 +19,7 @@ func (b *Bus) PublishBatch(ctx context.Context, subject string, batch *tallyv1.R
 	if err != nil {
 		return false, fmt.Errorf("marshal batch %s: %w", batch.GetBatchId(), err)
 	}
-	return b.Publish(ctx, subject, batch.GetBatchId(), data, nil)
+	return b.Publish(ctx, subject, batch.GetBatchId(), data, nats.Header{HeaderBatchID: []string{batch.GetBatchId()}})
 }
 
 // DecodeBatch parses a message as a record batch. A payload that does not

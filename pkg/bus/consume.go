@@ -230,6 +230,9 @@ func (c *Consumer) deadLetter(ctx context.Context, m *Message, reason error) err
 	h.Set(HeaderReason, reason.Error())
 	h.Set(HeaderOriginalSubject, m.Subject)
 	h.Set(HeaderStage, c.cfg.Stage)
+	if bid := m.Header.Get(HeaderBatchID); bid != "" {
+		h.Set(HeaderBatchID, bid)
+	}
 	id := fmt.Sprintf("%s/%s/%d", c.cfg.Stage, m.Subject, m.Sequence)
 	if mid := m.Header.Get(nats.MsgIdHdr); mid != "" {
 		id = c.cfg.Stage + "/" + mid

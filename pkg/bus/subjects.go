@@ -31,6 +31,11 @@ const (
 	HeaderReason          = "Tally-Reason"
 	HeaderOriginalSubject = "Tally-Original-Subject"
 	HeaderStage           = "Tally-Stage"
+	// HeaderBatchID repeats the batch id on every message about a batch
+	// (raw, enriched, dead letters), so a tracker needs no decoding.
+	HeaderBatchID = "Tally-Batch-Id"
+	// HeaderRecordIndex marks a dead letter of one record of a batch.
+	HeaderRecordIndex = "Tally-Record-Index"
 )
 
 // RawSubject is where extractors publish batches of one record type.
@@ -41,6 +46,11 @@ func RawSubject(region string, t tallyv1.RecordType) string {
 // EnrichedSubject is where the enricher publishes delivered batches.
 func EnrichedSubject(region string, t tallyv1.RecordType) string {
 	return "tally.records.enriched." + Token(region) + "." + record.TypeName(t)
+}
+
+// EnrichedFromRaw maps a raw subject to its enriched twin.
+func EnrichedFromRaw(raw string) string {
+	return "tally.records.enriched." + strings.TrimPrefix(raw, "tally.records.raw.")
 }
 
 // DeadLetterSubject is where stage puts what it cannot process.

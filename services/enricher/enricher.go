@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 
 	"github.com/nats-io/nats.go"
@@ -139,17 +140,16 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 		}
 		valid = append(valid, r)
 	}
-	if len(valid) == 0 {
-		return nil
+	if len(valid) > 0 {
+		req := &tallyv1.PushRequest{BatchId: batch.GetBatchId(), Records: valid}
+		if err := s.pushAll(ctx, req); err != nil {
+			return err
+		}
 	}
-	req := &tallyv1.PushRequest{BatchId: batch.GetBatchId(), Records: valid}
-	if err := s.pushAll(ctx, req); err != nil {
-		return err
-	}
+	// Published even when empty: the extractor waits for it to know the
+	// batch is settled.
 	out := &tallyv1.RecordBatch{BatchId: batch.GetBatchId(), Records: valid}
-	first := valid[0]
-	subj := bus.EnrichedSubject(first.GetProvenance().GetRegion(), record.TypeOf(first))
-	if _, err := s.bus.PublishBatch(ctx, subj, out); err != nil {
+	if _, err := s.bus.PublishBatch(ctx, bus.EnrichedFromRaw(m.Subject), out); err != nil {
 		return fmt.Errorf("publish enriched batch %s: %w", batch.GetBatchId(), err)
 	}
 	return nil
@@ -192,6 +192,8 @@ func (s *Service) deadLetterRecord(ctx context.Context, batchID string, i int, r
 	h := nats.Header{}
 	h.Set(bus.HeaderReason, reason.Error())
 	h.Set(bus.HeaderStage, Name)
+	h.Set(bus.HeaderBatchID, batchID)
+	h.Set(bus.HeaderRecordIndex, strconv.Itoa(i))
 	if _, err := s.bus.Publish(ctx, bus.DeadLetterSubject(Name), fmt.Sprintf("%s/invalid/%d", batchID, i), data, h); err != nil {
 		return fmt.Errorf("dead-letter record %d of %s: %w", i, batchID, err)
 	}

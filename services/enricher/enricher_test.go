@@ -2,9 +2,11 @@ package enricher_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,9 +37,12 @@ type sink struct {
 	failFor int // fail this many writes first
 }
 
-func (s *sink) Write(_ context.Context, _ string, rs []*tallyv1.Record) error {
+func (s *sink) Write(_ context.Context, batchID string, rs []*tallyv1.Record) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if strings.HasPrefix(batchID, "reject") {
+		return fmt.Errorf("record 1: %w", messenger.ErrRejected)
+	}
 	if s.failFor > 0 {
 		s.failFor--
 		return io.ErrUnexpectedEOF
@@ -227,6 +232,42 @@ func TestConfigValidate(t *testing.T) {
 	for _, tt := range tests {
 		if err := tt.cfg.Validate(); (err == nil) != tt.ok {
 			t.Errorf("%s: Validate() = %v", tt.name, err)
+		}
+	}
+}
+
+// TestTrackerSeesEveryOutcome is how an extractor learns that its batches
+// were delivered before it moves its window.
+func TestTrackerSeesEveryOutcome(t *testing.T) {
+	p := startPipeline(t, 1, 0)
+	tr, err := p.bus.NewTracker("RegionOne")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tr.Close()
+	batches := map[string][]*tallyv1.Record{
+		"ok":          {cloudRecord("vm-ok")},
+		"invalid-one": {cloudRecord("vm-x"), {Key: "empty"}},
+		"reject-all":  {cloudRecord("vm-r")},
+		"all-invalid": {{Key: "empty2"}},
+	}
+	var ids []string
+	for id, rs := range batches {
+		ids = append(ids, id)
+		if _, err := p.bus.PublishBatch(t.Context(), bus.RawSubject("RegionOne", tallyv1.RecordType_RECORD_TYPE_CLOUD), &tallyv1.RecordBatch{BatchId: id, Records: rs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	got, reasons := tr.Wait(ctx, ids)
+	want := map[string]bus.Outcome{"ok": bus.Delivered, "invalid-one": bus.Failed, "reject-all": bus.Failed, "all-invalid": bus.Failed}
+	for id, w := range want {
+		if got[id] != w {
+			t.Errorf("batch %s: %v, want %v (reason %q)", id, got[id], w, reasons[id])
+		}
+		if w == bus.Failed && reasons[id] == "" {
+			t.Errorf("batch %s failed without a reason", id)
 		}
 	}
 }
