@@ -5,6 +5,11 @@ go 1.26.0
 require github.com/tally-accounting/tally/services/tally v0.0.0
 
 require (
+	github.com/rabbitmq/amqp091-go v1.16.0 // indirect
+	github.com/tally-accounting/tally/services/sim v0.0.0-00010101000000-000000000000 // indirect
+)
+
+require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cenkalti/backoff/v5 v5.0.3 // indirect
@@ -65,5 +70,6 @@ require (
 replace (
 	github.com/tally-accounting/tally/pkg => ../pkg
 	github.com/tally-accounting/tally/services/enricher => ../services/enricher
+	github.com/tally-accounting/tally/services/sim => ../services/sim
 	github.com/tally-accounting/tally/services/tally => ../services/tally
 )

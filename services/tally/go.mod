@@ -6,6 +6,7 @@ require (
 	github.com/nats-io/nats.go v1.55.0
 	github.com/tally-accounting/tally/pkg v0.0.0
 	github.com/tally-accounting/tally/services/enricher v0.0.0
+	github.com/tally-accounting/tally/services/sim v0.0.0-00010101000000-000000000000
 	go.uber.org/goleak v1.3.0
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
@@ -32,6 +33,7 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
+	github.com/rabbitmq/amqp091-go v1.16.0 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc v0.70.0 // indirect
 	go.opentelemetry.io/otel v1.47.0 // indirect
@@ -55,4 +57,5 @@ require (
 replace (
 	github.com/tally-accounting/tally/pkg => ../../pkg
 	github.com/tally-accounting/tally/services/enricher => ../enricher
+	github.com/tally-accounting/tally/services/sim => ../sim
 )
