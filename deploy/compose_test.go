@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -81,6 +82,7 @@ func TestComposeAgreesWithTheBinary(t *testing.T) {
 	type listener struct{ service, port string }
 	var messengerListeners []listener
 	seenTargets := map[string]bool{}
+	simServices := map[string][]string{}
 	configs := map[string]tally.Config{}
 	for name, s := range p.Services {
 		if s.Build == nil {
@@ -90,6 +92,10 @@ func TestComposeAgreesWithTheBinary(t *testing.T) {
 			t.Errorf("%s: builds from %q, want deploy/Dockerfile", name, s.Build.Dockerfile)
 		}
 		args := []string(s.Command)
+		if len(args) > 0 && args[0] == "sim" {
+			simServices[name] = args
+			continue
+		}
 		if len(args) == 0 || args[0] != "serve" {
 			t.Errorf("%s: command %q does not start with serve", name, args)
 			continue
@@ -116,7 +122,7 @@ func TestComposeAgreesWithTheBinary(t *testing.T) {
 		}
 		var env []string
 		for k, v := range s.Environment {
-			if v != nil && strings.HasPrefix(k, "TALLY_") {
+			if v != nil && (strings.HasPrefix(k, "TALLY_") || strings.HasPrefix(k, "OS_")) {
 				env = append(env, k+"="+*v)
 			}
 		}
@@ -140,12 +146,40 @@ func TestComposeAgreesWithTheBinary(t *testing.T) {
 			if !slices.Contains(ports, port(t, cfg.Listen)) || hostOf(cfg.Listen) != "0.0.0.0" {
 				t.Errorf("api: listen %s must be on 0.0.0.0 and exposed (%q)", cfg.Listen, ports)
 			}
-		case tally.TargetMessengerNoop:
+		case tally.TargetMessengerNoop, tally.TargetMessengerSSM:
 			l := cfg.Messengers.Noop.Listen
+			if name == tally.TargetMessengerSSM {
+				l = cfg.Messengers.SSM.Listen
+				mounted := false
+				for _, v := range s.Volumes {
+					mounted = mounted || v.Target == cfg.Messengers.SSM.Spool
+				}
+				if !mounted {
+					t.Errorf("%s: the spool %s is not a volume", name, cfg.Messengers.SSM.Spool)
+				}
+			}
 			if !slices.Contains(ports, port(t, l)) || hostOf(l) != "0.0.0.0" {
 				t.Errorf("%s: listen %s must be on 0.0.0.0 and exposed (%q)", name, l, ports)
 			}
 			messengerListeners = append(messengerListeners, listener{name, port(t, l)})
+		case tally.TargetExtractorNova:
+			auth := cfg.Auth(func(k string) string {
+				if v := s.Environment[k]; v != nil {
+					return *v
+				}
+				return ""
+			})
+			if _, _, _, err := auth.Options(); err != nil {
+				t.Errorf("%s: OpenStack credentials: %v", name, err)
+			}
+			u, err := url.Parse(auth.AuthURL)
+			if err != nil {
+				t.Errorf("%s: auth url %q: %v", name, auth.AuthURL, err)
+			} else if _, inCompose := p.Services[u.Hostname()]; inCompose {
+				if _, dep := s.DependsOn[u.Hostname()]; !dep {
+					t.Errorf("%s: talks to %s but does not depend on it", name, u.Hostname())
+				}
+			}
 		}
 		if cfg.NATS.URL != "" {
 			if !strings.HasPrefix(cfg.NATS.URL, "nats://nats:4222") {
@@ -181,6 +215,11 @@ func TestComposeAgreesWithTheBinary(t *testing.T) {
 		}
 		if _, ok := p.Services[tally.TargetEnricher].DependsOn[host]; !ok {
 			t.Errorf("enricher does not depend on %s", host)
+		}
+	}
+	for name, args := range simServices {
+		if !slices.Contains(args, "0.0.0.0:8786") || !slices.Contains(exposed(p.Services[name]), "8786") {
+			t.Errorf("%s: the simulator must listen on 0.0.0.0:8786 and expose it (%q)", name, args)
 		}
 	}
 	if _, ok := p.Services["jaeger"]; !ok {

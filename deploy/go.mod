@@ -5,8 +5,16 @@ go 1.26.0
 require github.com/tally-accounting/tally/services/tally v0.0.0
 
 require (
+	github.com/gophercloud/gophercloud/v2 v2.15.0 // indirect
+	github.com/mitchellh/colorstring v0.0.0-20190213212951-d06e56a500db // indirect
 	github.com/rabbitmq/amqp091-go v1.16.0 // indirect
+	github.com/rivo/uniseg v0.4.7 // indirect
+	github.com/schollz/progressbar/v3 v3.19.1 // indirect
+	github.com/tally-accounting/tally/services/extractor-nova v0.0.0 // indirect
+	github.com/tally-accounting/tally/services/messenger-ssm v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/sim v0.0.0-00010101000000-000000000000 // indirect
+	golang.org/x/term v0.47.0 // indirect
+	gopkg.in/yaml.v2 v2.4.0 // indirect
 )
 
 require (
@@ -73,3 +81,7 @@ replace (
 	github.com/tally-accounting/tally/services/sim => ../services/sim
 	github.com/tally-accounting/tally/services/tally => ../services/tally
 )
+
+replace github.com/tally-accounting/tally/services/extractor-nova => ../services/extractor-nova
+
+replace github.com/tally-accounting/tally/services/messenger-ssm => ../services/messenger-ssm

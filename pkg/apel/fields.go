@@ -120,4 +120,3 @@ func AppendJSONLine(dst []byte, r *tallyv1.Record) ([]byte, error) {
 	}
 	return buf.Bytes(), nil
 }
-

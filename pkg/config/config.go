@@ -152,8 +152,13 @@ func collect(v reflect.Value, prefix string, out map[string]reflect.Value) {
 		if !sf.IsExported() {
 			continue
 		}
-		name, _, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
+		name, opts, _ := strings.Cut(sf.Tag.Get("yaml"), ",")
 		if name == "-" {
+			continue
+		}
+		if opts == "inline" && sf.Type.Kind() == reflect.Struct {
+			// Inlined fields sit at the parent's level, in YAML and here.
+			collect(v.Field(i), prefix, out)
 			continue
 		}
 		if name == "" {

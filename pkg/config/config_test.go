@@ -16,13 +16,23 @@ type natsCfg struct {
 	AckWait time.Duration `yaml:"ack_wait"`
 }
 
+type inner struct {
+	PageSize int `yaml:"page_size"`
+}
+
+type withInline struct {
+	Enabled bool  `yaml:"enabled"`
+	Inner   inner `yaml:",inline"`
+}
+
 type testCfg struct {
-	Listen   string   `yaml:"listen"`
-	Workers  int      `yaml:"workers"`
-	Debug    bool     `yaml:"debug"`
-	Types    []string `yaml:"record_types"`
-	Password Secret   `yaml:"password"`
-	NATS     natsCfg  `yaml:"nats"`
+	Nova     withInline `yaml:"nova"`
+	Listen   string     `yaml:"listen"`
+	Workers  int        `yaml:"workers"`
+	Debug    bool       `yaml:"debug"`
+	Types    []string   `yaml:"record_types"`
+	Password Secret     `yaml:"password"`
+	NATS     natsCfg    `yaml:"nats"`
 }
 
 func (c *testCfg) Validate() error {
@@ -119,6 +129,17 @@ func TestLayerErrorsNameTheKey(t *testing.T) {
 				t.Errorf("error %q does not mention %q", err, tt.wantSub)
 			}
 		})
+	}
+}
+
+func TestInlineStructs(t *testing.T) {
+	cfg := defaults()
+	file := writeFile(t, "nova:\n  enabled: true\n  page_size: 50\n")
+	if _, err := Layer(cfg, nil, file, []string{"TALLY_NOVA_PAGE_SIZE=70"}); err != nil {
+		t.Fatal(err)
+	}
+	if !cfg.Nova.Enabled || cfg.Nova.Inner.PageSize != 70 {
+		t.Errorf("inline config = %+v", cfg.Nova)
 	}
 }
 

@@ -412,4 +412,3 @@ func (q *Queue) Purge(maxTemp, maxLock time.Duration) error {
 	}
 	return nil
 }
-

@@ -256,13 +256,13 @@ func TestPurge(t *testing.T) {
 	for _, d := range []string{"00000001", "00000002", "00000004"} {
 		os.Mkdir(filepath.Join(dir, d), 0o755)
 	}
-	mk("00000003/0000000300000a.tmp", 301*time.Second)  // stale temp: removed
-	mk("00000003/0000000300000b.tmp", 299*time.Second)  // fresh temp: kept
-	mk("00000003/0000000300000c", time.Hour)            // element: kept
-	mk("00000003/0000000300000c.lck", 601*time.Second)  // stale lock: removed
-	mk("00000003/0000000300000d", time.Hour)            // element: kept
-	mk("00000003/0000000300000d.lck", 599*time.Second)  // fresh lock: kept
-	mk("not-hex/old.tmp", time.Hour)                    // not the queue's: kept
+	mk("00000003/0000000300000a.tmp", 301*time.Second) // stale temp: removed
+	mk("00000003/0000000300000b.tmp", 299*time.Second) // fresh temp: kept
+	mk("00000003/0000000300000c", time.Hour)           // element: kept
+	mk("00000003/0000000300000c.lck", 601*time.Second) // stale lock: removed
+	mk("00000003/0000000300000d", time.Hour)           // element: kept
+	mk("00000003/0000000300000d.lck", 599*time.Second) // fresh lock: kept
+	mk("not-hex/old.tmp", time.Hour)                   // not the queue's: kept
 	if err := q.Purge(0, 0); err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tally-accounting/tally/pkg/bus"
+	"github.com/tally-accounting/tally/pkg/directory"
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 	"github.com/tally-accounting/tally/pkg/metrics"
 	"github.com/tally-accounting/tally/pkg/record"
@@ -57,6 +58,7 @@ type Service struct {
 	bus      *bus.Bus
 	consumer *bus.Consumer
 	clients  []messengerClient
+	mapper   *mapper
 }
 
 type messengerClient struct {
@@ -78,6 +80,25 @@ func (s *Service) Start(ctx context.Context) error {
 	if len(s.targets) == 0 {
 		return errors.New("no messengers configured: records would have nowhere to go (set enricher.messengers)")
 	}
+	if s.cfg.SiteName == "" {
+		return errors.New("enricher.site_name is empty: APEL requires a SiteName on every record (set it, TALLY_ENRICHER_SITE_NAME or --site-name)")
+	}
+	s.bus = s.deps.Bus()
+	dir, err := directory.Open(ctx, s.bus.JS)
+	if err != nil {
+		return err
+	}
+	var mapping map[string]string
+	if s.cfg.MappingFile != "" {
+		if mapping, err = LoadMappingFile(s.cfg.MappingFile); err != nil {
+			return err
+		}
+		s.logger.Warn("mapping_file (voms.json) is deprecated: set the VO as the Keystone project property instead",
+			"mapping_file", s.cfg.MappingFile, "vo_property", s.cfg.VOProperty)
+	}
+	mcfg := s.cfg
+	mcfg.ServiceName = s.cfg.Service()
+	s.mapper = &mapper{cfg: mcfg, dir: dir, mapping: mapping, logger: s.logger, unmapped: map[string]bool{}}
 	for _, t := range s.targets {
 		addr := t.Addr()
 		conn, err := rpc.Dial(addr, s.deps.Telemetry)
@@ -88,7 +109,6 @@ func (s *Service) Start(ctx context.Context) error {
 		s.clients = append(s.clients, messengerClient{name: t.Name, conn: conn, api: tallyv1.NewMessengerClient(conn)})
 		s.logger.Info("pushing to messenger", "messenger", t.Name, "addr", addr)
 	}
-	s.bus = s.deps.Bus()
 	s.consumer = s.bus.NewConsumer(bus.ConsumerConfig{
 		Stream:         bus.RecordsStream,
 		Durable:        Durable,
@@ -130,15 +150,30 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 		return err
 	}
 	valid := make([]*tallyv1.Record, 0, len(batch.GetRecords()))
+	var firstReason error
 	for i, r := range batch.GetRecords() {
 		s.deps.Metrics.RecordsIn.WithLabelValues(Name, record.TypeName(record.TypeOf(r))).Inc()
-		if err := Validate(r); err != nil {
+		err := Validate(r)
+		if err == nil {
+			err = s.mapper.enrich(ctx, r)
+		}
+		var perm *bus.PermanentError
+		if err != nil && !errors.As(err, &perm) && !isInvalid(err) {
+			return err // the directory is unreachable: retry the batch
+		}
+		if err != nil {
 			if err := s.deadLetterRecord(ctx, batch.GetBatchId(), i, r, err); err != nil {
 				return err // retry the whole batch; nothing was pushed yet
+			}
+			if firstReason == nil {
+				firstReason = err
 			}
 			continue
 		}
 		valid = append(valid, r)
+	}
+	if n := len(batch.GetRecords()) - len(valid); n > 0 {
+		s.logger.Warn("records dead-lettered", "batch_id", batch.GetBatchId(), "count", n, "first_reason", firstReason)
 	}
 	if len(valid) > 0 {
 		req := &tallyv1.PushRequest{BatchId: batch.GetBatchId(), Records: valid}
@@ -198,6 +233,6 @@ func (s *Service) deadLetterRecord(ctx context.Context, batchID string, i int, r
 		return fmt.Errorf("dead-letter record %d of %s: %w", i, batchID, err)
 	}
 	s.deps.Metrics.DeadLetters.WithLabelValues(Name).Inc()
-	s.logger.Warn("invalid record dead-lettered", "batch_id", batchID, "record_key", r.GetKey(), "reason", reason)
+	s.logger.Debug("invalid record dead-lettered", "batch_id", batchID, "record_key", r.GetKey(), "reason", reason)
 	return nil
 }

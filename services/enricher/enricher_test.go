@@ -92,7 +92,7 @@ func startPipeline(t *testing.T, n int, failFirst int) *pipeline {
 		services = append(services, srv)
 		targets = append(targets, enricher.Target{Name: "m" + string(rune('0'+i)), Addr: srv.Addr})
 	}
-	services = append(services, enricher.New(enricher.Config{Workers: 2}, targets,
+	services = append(services, enricher.New(enricher.Config{Workers: 2, SiteName: "SITE", VOProperty: "VO", DefaultVO: "vo.test"}, targets,
 		enricher.Deps{Bus: func() *bus.Bus { return b }, Telemetry: tel, Metrics: m, Logger: logger}))
 	mgr := service.NewManager(logger, 5*time.Second, services...)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -225,9 +225,10 @@ func TestConfigValidate(t *testing.T) {
 	}{
 		{"default", enricher.DefaultConfig(), true},
 		{"zero workers", enricher.Config{Workers: 0}, false},
-		{"messenger without address", enricher.Config{Workers: 1, Messengers: []enricher.MessengerTarget{{Name: "ssm"}}}, false},
-		{"messenger twice", enricher.Config{Workers: 1, Messengers: []enricher.MessengerTarget{{Name: "ssm", Address: "a:1"}, {Name: "ssm", Address: "b:1"}}}, false},
-		{"messengers", enricher.Config{Workers: 1, Messengers: []enricher.MessengerTarget{{Name: "ssm", Address: "a:1"}}}, true},
+		{"messenger without address", enricher.Config{Workers: 1, VOProperty: "VO", Messengers: []enricher.MessengerTarget{{Name: "ssm"}}}, false},
+		{"messenger twice", enricher.Config{Workers: 1, VOProperty: "VO", Messengers: []enricher.MessengerTarget{{Name: "ssm", Address: "a:1"}, {Name: "ssm", Address: "b:1"}}}, false},
+		{"no vo property", enricher.Config{Workers: 1}, false},
+		{"messengers", enricher.Config{Workers: 1, VOProperty: "VO", Messengers: []enricher.MessengerTarget{{Name: "ssm", Address: "a:1"}}}, true},
 	}
 	for _, tt := range tests {
 		if err := tt.cfg.Validate(); (err == nil) != tt.ok {

@@ -7,14 +7,24 @@ import (
 	"github.com/tally-accounting/tally/pkg/record"
 )
 
+// invalidError marks a record that can never be delivered as it is.
+type invalidError struct{ msg string }
+
+func (e *invalidError) Error() string { return e.msg }
+
+func isInvalid(err error) bool {
+	var ie *invalidError
+	return errors.As(err, &ie)
+}
+
 // Validate checks what every record needs to be delivered at all: an
 // identity and a payload. The per-format APEL checks build on this.
 func Validate(r *tallyv1.Record) error {
 	switch {
 	case r.GetKey() == "":
-		return errors.New("record has no key")
+		return &invalidError{"record has no key"}
 	case record.TypeOf(r) == tallyv1.RecordType_RECORD_TYPE_UNSPECIFIED:
-		return errors.New("record " + r.GetKey() + " has no payload")
+		return &invalidError{"record " + r.GetKey() + " has no payload"}
 	}
 	return nil
 }

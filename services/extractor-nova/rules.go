@@ -274,10 +274,11 @@ func monthStart(t time.Time) time.Time {
 	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
 }
 
-// CloudKey is a cloud record's identity: one per site and VM.
-func CloudKey(site, vm string) string { return "cloud/" + site + "/" + vm }
+// CloudKey is a cloud record's identity: one per VM (VM UUIDs are unique
+// across sites, as APEL requires).
+func CloudKey(vm string) string { return "cloud/" + vm }
 
 // AcceleratorKey is an accelerator record's identity: one per VM and month.
-func AcceleratorKey(site, vm string, year, month int32) string {
-	return fmt.Sprintf("accelerator/%s/%s/%04d-%02d", site, vm, year, month)
+func AcceleratorKey(vm string, year, month int32) string {
+	return fmt.Sprintf("accelerator/%s/%04d-%02d", vm, year, month)
 }

@@ -50,6 +50,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"serve", "run tally's services (all in one process by default)", serve},
+		{"extract", "extract one window and deliver it, then exit (for cron)", extractCmd},
 		{"sim", "run the OpenStack simulator (\"sim env\" prints its OS_* variables)", simCmd},
 		{"version", "print the version", func(_ context.Context, _ []string, env Env) int {
 			fmt.Fprintln(env.Stdout, "tally", Version())

@@ -58,12 +58,20 @@ func TestServeConfigErrors(t *testing.T) {
 		{"bad listen", nil, []string{"--listen", "50051"}, "listen"},
 		{"unknown target", nil, []string{"--target", "extractor-foo"}, `unknown target "extractor-foo"`},
 		{"split without nats", nil, []string{"--target", "enricher"}, "--nats-url"},
+		{"extractor without nats", nil, []string{"--target", "extractor-nova"}, "--nats-url"},
+		{"energy to ssm", []string{"TALLY_MESSENGERS_SSM_RECORD_TYPES=cloud,energy"}, nil, "messengers.ssm.record_types"},
+		{"bad access mode", []string{"TALLY_EXTRACTORS_NOVA_ACCESS_MODE=admin"}, nil, "extractors.nova.access_mode"},
 		{"all plus more", nil, []string{"--target", "all,api"}, `"all" cannot be combined`},
-		{"bad record type", []string{"TALLY_MESSENGERS_NOOP_RECORD_TYPES=cloud,vm"}, nil, "messengers.noop.record_types"},
+		{"bad record type", []string{"TALLY_MESSENGERS_NOOP_ENABLED=true", "TALLY_MESSENGERS_NOOP_RECORD_TYPES=cloud,vm"}, nil, "messengers.noop.record_types"},
+		{"no site name", nil, nil, "enricher.site_name"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			code, _, stderr := run(t, tt.env, append([]string{"serve"}, tt.args...)...)
+			args := append([]string{"serve", "--data-dir", t.TempDir()}, tt.args...)
+			if !strings.Contains(tt.name, "site") {
+				args = append(args, "--site-name", "TEST")
+			}
+			code, _, stderr := run(t, tt.env, args...)
 			if code != 2 || !strings.Contains(stderr, tt.want) {
 				t.Errorf("code %d, stderr %q, want 2 and %q", code, stderr, tt.want)
 			}
@@ -78,9 +86,10 @@ func TestResolveTargets(t *testing.T) {
 		noop    bool
 		want    []string
 	}{
-		{"all", "", true, []string{TargetAPI, TargetMessengerNoop, TargetEnricher}},
-		{"all", "", false, []string{TargetAPI, TargetEnricher}},
+		{"all", "", true, []string{TargetAPI, TargetMessengerNoop, TargetMessengerSSM, TargetEnricher, TargetExtractorNova}},
+		{"all", "", false, []string{TargetAPI, TargetMessengerSSM, TargetEnricher, TargetExtractorNova}},
 		{"enricher,api", "nats://n:4222", true, []string{TargetAPI, TargetEnricher}},
+		{"extractor-nova,messenger-ssm", "nats://n:4222", true, []string{TargetMessengerSSM, TargetExtractorNova}},
 		{"messenger-noop", "", false, []string{TargetMessengerNoop}},
 	}
 	for _, tt := range tests {

@@ -5,13 +5,17 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/tally-accounting/tally/pkg/bus"
 	"github.com/tally-accounting/tally/pkg/config"
 	"github.com/tally-accounting/tally/pkg/logging"
+	"github.com/tally-accounting/tally/pkg/openstack"
 	"github.com/tally-accounting/tally/pkg/record"
 	"github.com/tally-accounting/tally/services/enricher"
+	nova "github.com/tally-accounting/tally/services/extractor-nova"
+	ssm "github.com/tally-accounting/tally/services/messenger-ssm"
 )
 
 // Default listen addresses; README "Ports" lists them.
@@ -19,6 +23,7 @@ const (
 	DefaultListen        = "127.0.0.1:50051"
 	DefaultMetricsListen = "127.0.0.1:9464"
 	DefaultNoopListen    = "127.0.0.1:50064"
+	DefaultSSMListen     = "127.0.0.1:50061"
 )
 
 // Config is the configuration of every tally service, one file for all;
@@ -32,15 +37,39 @@ type Config struct {
 	// MetricsListen serves Prometheus /metrics; empty turns it off.
 	MetricsListen string `yaml:"metrics_listen"`
 	// ShutdownTimeout bounds a graceful stop.
-	ShutdownTimeout time.Duration   `yaml:"shutdown_timeout"`
-	NATS            bus.Config      `yaml:"nats"`
-	Enricher        enricher.Config `yaml:"enricher"`
-	Messengers      Messengers      `yaml:"messengers"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	NATS            bus.Config    `yaml:"nats"`
+	// OpenStack holds the credentials of the extractors; empty means the
+	// OS_* environment (or OS_CLOUD and clouds.yaml).
+	OpenStack  openstack.AuthConfig `yaml:"openstack"`
+	Extractors Extractors           `yaml:"extractors"`
+	Enricher   enricher.Config      `yaml:"enricher"`
+	Messengers Messengers           `yaml:"messengers"`
+}
+
+// Extractors configures each extractor service.
+type Extractors struct {
+	Nova NovaConfig `yaml:"nova"`
+}
+
+// NovaConfig is the Nova extractor's section.
+type NovaConfig struct {
+	Enabled     bool `yaml:"enabled"`
+	nova.Config `yaml:",inline"`
 }
 
 // Messengers configures each messenger service.
 type Messengers struct {
 	Noop MessengerConfig `yaml:"noop"`
+	SSM  SSMConfig       `yaml:"ssm"`
+}
+
+// SSMConfig is the SSM messenger's section.
+type SSMConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// Listen is the messenger's internal gRPC address.
+	Listen     string `yaml:"listen"`
+	ssm.Config `yaml:",inline"`
 }
 
 // MessengerConfig is what every messenger has.
@@ -76,15 +105,41 @@ func DefaultConfig() Config {
 		MetricsListen:   DefaultMetricsListen,
 		ShutdownTimeout: 8 * time.Second,
 		NATS:            bus.DefaultConfig(),
+		Extractors:      Extractors{Nova: NovaConfig{Enabled: true, Config: nova.DefaultConfig()}},
 		Enricher:        enricher.DefaultConfig(),
 		Messengers: Messengers{
-			Noop: MessengerConfig{Enabled: true, Listen: DefaultNoopListen},
+			Noop: MessengerConfig{Listen: DefaultNoopListen},
+			SSM:  SSMConfig{Enabled: true, Listen: DefaultSSMListen, Config: ssmDefaults()},
 		},
 	}
 }
 
+// ssmDefaults leaves the spool empty: it follows data_dir unless set.
+func ssmDefaults() ssm.Config {
+	c := ssm.DefaultConfig()
+	c.Spool = ""
+	return c
+}
+
+// derive fills the defaults that depend on other keys.
+func (c *Config) derive() {
+	if c.Messengers.SSM.Spool == "" {
+		c.Messengers.SSM.Spool = filepath.Join(c.DataDir, "spool", "ssm")
+	}
+}
+
+// Auth returns the OpenStack credentials: the config file's, else the
+// environment's.
+func (c *Config) Auth(getenv func(string) string) openstack.AuthConfig {
+	if !c.OpenStack.IsZero() {
+		return c.OpenStack
+	}
+	return openstack.FromEnv(getenv)
+}
+
 // Validate implements config.Validator.
 func (c *Config) Validate() error {
+	c.derive()
 	if err := c.Log.Validate(); err != nil {
 		return config.Prefix("log", err)
 	}
@@ -111,6 +166,24 @@ func (c *Config) Validate() error {
 	if err := c.Messengers.Noop.Validate(); err != nil {
 		return config.Prefix("messengers.noop", err)
 	}
+	if c.Messengers.SSM.Enabled {
+		if err := validAddr(c.Messengers.SSM.Listen); err != nil {
+			return config.Errorf("messengers.ssm.listen", "%v", err)
+		}
+		if err := c.Messengers.SSM.Config.Validate(); err != nil {
+			return config.Prefix("messengers.ssm", err)
+		}
+	}
+	if c.Extractors.Nova.Enabled {
+		if err := c.Extractors.Nova.Config.Validate(); err != nil {
+			return config.Prefix("extractors.nova", err)
+		}
+	}
+	if !c.OpenStack.IsZero() {
+		if err := c.OpenStack.Validate(); err != nil {
+			return config.Prefix("openstack", err)
+		}
+	}
 	return nil
 }
 
@@ -134,10 +207,21 @@ func commonFlags(fs *flag.FlagSet, cfg *Config) *string {
 	fs.StringVar(&cfg.NATS.URL, "nats-url", cfg.NATS.URL, "external NATS `URL` (nats://host:4222); empty runs an embedded server")
 	fs.StringVar(&cfg.Log.Level, "log-level", cfg.Log.Level, "log `level`: debug, info, warn or error")
 	fs.StringVar(&cfg.Log.Format, "log-format", cfg.Log.Format, "log `format`: text or json")
+	fs.StringVar(&cfg.Enricher.SiteName, "site-name", cfg.Enricher.SiteName, "GOCDB site `name` every record carries (enricher.site_name)")
+	fs.StringVar(&cfg.Messengers.SSM.Spool, "ssm-spool", cfg.Messengers.SSM.Spool, "SSM outgoing `directory` (default <data-dir>/spool/ssm)")
+	fs.StringVar(&cfg.OpenStack.Cloud, "os-cloud", cfg.OpenStack.Cloud, "clouds.yaml `cloud` to use (also OS_CLOUD); default: the OS_* environment")
 	return path
 }
 
 // ledgerPath is where a messenger keeps its delivered batch ids.
 func (c *Config) ledgerPath(messenger string) string {
 	return filepath.Join(c.DataDir, "ledger", messenger+".ids")
+}
+
+// checkTargets validates what only the services that will run need.
+func (c *Config) checkTargets(targets []string) error {
+	if slices.Contains(targets, TargetEnricher) && c.Enricher.SiteName == "" {
+		return config.Errorf("enricher.site_name", "is empty: APEL requires a SiteName on every record (set it, TALLY_ENRICHER_SITE_NAME or --site-name)")
+	}
+	return nil
 }

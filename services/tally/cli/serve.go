@@ -25,6 +25,8 @@ import (
 	"github.com/tally-accounting/tally/pkg/service"
 	"github.com/tally-accounting/tally/pkg/telemetry"
 	"github.com/tally-accounting/tally/services/enricher"
+	nova "github.com/tally-accounting/tally/services/extractor-nova"
+	ssm "github.com/tally-accounting/tally/services/messenger-ssm"
 )
 
 // Targets a service process can run; "all" runs every one that is enabled.
@@ -33,11 +35,31 @@ const (
 	TargetAPI           = "api"
 	TargetEnricher      = enricher.Name
 	TargetMessengerNoop = "messenger-noop"
+	TargetMessengerSSM  = "messenger-ssm"
+	TargetExtractorNova = nova.Name
 )
 
-// Targets lists the names --target accepts besides "all", in start order.
+// Targets lists the names --target accepts besides "all", in start order:
+// messengers before the enricher that pushes to them, the enricher before
+// the extractors that feed it.
 func Targets() []string {
-	return []string{TargetAPI, TargetMessengerNoop, TargetEnricher}
+	return []string{TargetAPI, TargetMessengerNoop, TargetMessengerSSM, TargetEnricher, TargetExtractorNova}
+}
+
+// enabledTargets are what "all" runs.
+func enabledTargets(cfg *Config) []string {
+	out := []string{TargetAPI}
+	if cfg.Messengers.Noop.Enabled {
+		out = append(out, TargetMessengerNoop)
+	}
+	if cfg.Messengers.SSM.Enabled {
+		out = append(out, TargetMessengerSSM)
+	}
+	out = append(out, TargetEnricher)
+	if cfg.Extractors.Nova.Enabled {
+		out = append(out, TargetExtractorNova)
+	}
+	return out
 }
 
 // ServeFlags returns the flag set of "tally serve" bound to cfg, with the
@@ -92,6 +114,10 @@ func LoadServeConfig(args []string, env Env) (cfg Config, targets []string, code
 		fmt.Fprintf(env.Stderr, "tally serve: --target: %v\n", err)
 		return cfg, nil, 2, false
 	}
+	if err := cfg.checkTargets(targets); err != nil {
+		fmt.Fprintf(env.Stderr, "tally serve: %v\n", err)
+		return cfg, nil, 2, false
+	}
 	return cfg, targets, 0, true
 }
 
@@ -105,11 +131,7 @@ func ResolveTargets(spec string, cfg *Config) ([]string, error) {
 		if len(names) > 1 {
 			return nil, errors.New(`"all" cannot be combined with other targets`)
 		}
-		out := []string{TargetAPI}
-		if cfg.Messengers.Noop.Enabled {
-			out = append(out, TargetMessengerNoop)
-		}
-		return append(out, TargetEnricher), nil
+		return enabledTargets(cfg), nil
 	}
 	var out []string
 	for _, t := range Targets() {
@@ -122,7 +144,7 @@ func ResolveTargets(spec string, cfg *Config) ([]string, error) {
 			return nil, fmt.Errorf("unknown target %q (known: all, %s)", n, strings.Join(Targets(), ", "))
 		}
 	}
-	if cfg.NATS.URL == "" && slices.Contains(out, TargetEnricher) {
+	if cfg.NATS.URL == "" && slices.ContainsFunc(out, needsBus) {
 		return nil, errors.New("a split deployment needs --nats-url: the embedded NATS server runs only with --target all")
 	}
 	return out, nil
@@ -138,7 +160,7 @@ func serve(ctx context.Context, args []string, env Env) int {
 		fmt.Fprintf(env.Stderr, "tally serve: %v\n", err)
 		return 2
 	}
-	if err := runServices(ctx, &cfg, targets, logger); err != nil {
+	if err := runServices(ctx, &cfg, targets, env, logger); err != nil {
 		logger.Error("tally serve failed", "error", err)
 		return 1
 	}
@@ -147,7 +169,7 @@ func serve(ctx context.Context, args []string, env Env) int {
 }
 
 // runServices runs targets until ctx ends.
-func runServices(ctx context.Context, cfg *Config, targets []string, logger *slog.Logger) error {
+func runServices(ctx context.Context, cfg *Config, targets []string, env Env, logger *slog.Logger) error {
 	tel, err := telemetry.Setup(ctx, traceServiceName(targets), Version())
 	if err != nil {
 		return err
@@ -157,7 +179,7 @@ func runServices(ctx context.Context, cfg *Config, targets []string, logger *slo
 		defer cancel()
 		_ = tel.Shutdown(sctx)
 	}()
-	p, err := buildProcess(cfg, targets, tel, logger)
+	p, err := buildProcess(cfg, targets, env, tel, logger)
 	if err != nil {
 		return err
 	}
@@ -181,7 +203,7 @@ func traceServiceName(targets []string) string {
 
 // needsBus reports whether a target uses NATS; a messenger or the API alone
 // does not.
-func needsBus(target string) bool { return target == TargetEnricher }
+func needsBus(target string) bool { return target == TargetEnricher || target == TargetExtractorNova }
 
 func natsDescription(cfg *Config) string {
 	if cfg.NATS.URL == "" {
@@ -192,16 +214,20 @@ func natsDescription(cfg *Config) string {
 
 // process is one tally process: its services and their shared parts.
 type process struct {
-	manager *service.Manager
-	api     *rpc.Server
-	grpc    []*rpc.Server
-	busSvc  *busService
+	services []service.Service
+	manager  *service.Manager
+	api      *rpc.Server
+	grpc     []*rpc.Server
+	busSvc   *busService
 }
 
 // buildProcess wires the services for targets. Services start in the order
 // of the list and stop in reverse, so the bus comes first and goes last.
-func buildProcess(cfg *Config, targets []string, tel *telemetry.Telemetry, logger *slog.Logger) (*process, error) {
-	m := metrics.New()
+func buildProcess(cfg *Config, targets []string, env Env, tel *telemetry.Telemetry, logger *slog.Logger) (*process, error) {
+	return newProcess(cfg, targets, env, tel, metrics.New(), logger)
+}
+
+func newProcess(cfg *Config, targets []string, env Env, tel *telemetry.Telemetry, m *metrics.Metrics, logger *slog.Logger) (*process, error) {
 	p := &process{busSvc: &busService{cfg: cfg, tel: tel, logger: logger}}
 	var services []service.Service
 	if slices.ContainsFunc(targets, needsBus) {
@@ -218,13 +244,43 @@ func buildProcess(cfg *Config, targets []string, tel *telemetry.Telemetry, logge
 			p.grpc = append(p.grpc, p.api)
 			services = append(services, p.api)
 		case TargetMessengerNoop:
-			srv, closer, err := newMessenger("noop", cfg.Messengers.Noop, messenger.Discard{}, cfg, tel, m, logger)
+			types, err := record.ParseTypes(cfg.Messengers.Noop.RecordTypes)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("messengers.noop.record_types: %w", err)
+			}
+			srv, ledger := newMessenger("noop", cfg.Messengers.Noop.Listen, types, messenger.Discard{}, cfg, tel, m, logger)
+			p.grpc = append(p.grpc, srv)
+			services = append(services, ledger, srv)
+			messengerTargets = append(messengerTargets, enricher.Target{Name: "noop", Addr: srv.Addr})
+		case TargetMessengerSSM:
+			sc := cfg.Messengers.SSM
+			var sink *ssm.Sink
+			lazy := &lazySink{}
+			types, err := sc.Config.Types()
+			if err != nil {
+				return nil, fmt.Errorf("messengers.ssm.record_types: %w", err)
+			}
+			srv, ledger := newMessenger("ssm", sc.Listen, types, lazy, cfg, tel, m, logger)
+			spool := service.Funcs{
+				ServiceName: "messenger-ssm-spool",
+				StartFunc: func(context.Context) error {
+					var err error
+					if sink, err = ssm.NewSink(sc.Config, logger); err != nil {
+						return err
+					}
+					lazy.set(sink)
+					logger.Info("SSM spool ready", "spool_dir", sc.Spool, "max_size", sc.MaxSize)
+					return nil
+				},
+				StopFunc: func(context.Context) error { return sink.Close() },
 			}
 			p.grpc = append(p.grpc, srv)
-			services = append(services, srv, closer)
-			messengerTargets = append(messengerTargets, enricher.Target{Name: "noop", Addr: srv.Addr})
+			// The spool and ledger open before the server takes calls and
+			// close after it stopped.
+			services = append(services, spool, ledger, srv)
+			messengerTargets = append(messengerTargets, enricher.Target{Name: "ssm", Addr: srv.Addr})
+		case TargetExtractorNova:
+			services = append(services, nova.NewService(cfg.Extractors.Nova.Config, cfg.Auth(env.getenv), CloudType(), p.busSvc.Bus, m, logger))
 		case TargetEnricher:
 			// In the split deployment the addresses come from the config; in
 			// all-in-one they default to the messengers of this process.
@@ -239,6 +295,7 @@ func buildProcess(cfg *Config, targets []string, tel *telemetry.Telemetry, logge
 			}))
 		}
 	}
+	p.services = services
 	p.manager = service.NewManager(logger, cfg.ShutdownTimeout, services...)
 	p.manager.OnStateChange(p.healthFollows())
 	return p, nil
@@ -268,12 +325,8 @@ func (p *process) healthFollows() func(string, service.State) {
 
 // newMessenger builds a messenger's gRPC server and a service that closes
 // its ledger after the server stopped.
-func newMessenger(name string, mc MessengerConfig, sink messenger.Sink, cfg *Config, tel *telemetry.Telemetry, m *metrics.Metrics, logger *slog.Logger) (*rpc.Server, service.Service, error) {
-	types, err := record.ParseTypes(mc.RecordTypes)
-	if err != nil {
-		return nil, nil, fmt.Errorf("messengers.%s.record_types: %w", name, err)
-	}
-	srv := rpc.NewServer("messenger-"+name, mc.Listen, tel, logger)
+func newMessenger(name, listen string, types map[tallyv1.RecordType]bool, sink messenger.Sink, cfg *Config, tel *telemetry.Telemetry, m *metrics.Metrics, logger *slog.Logger) (*rpc.Server, service.Service) {
+	srv := rpc.NewServer("messenger-"+name, listen, tel, logger)
 	var ledger *messenger.Ledger
 	ms := &lazyMessenger{}
 	tallyv1.RegisterMessengerServer(srv.GRPC, ms)
@@ -290,8 +343,34 @@ func newMessenger(name string, mc MessengerConfig, sink messenger.Sink, cfg *Con
 		},
 		StopFunc: func(context.Context) error { return ledger.Close() },
 	}
-	return srv, closer, nil
+	return srv, closer
 }
+
+// lazySink is the SSM sink, opened at Start (it recovers interrupted
+// batches then, which must not happen at wiring time).
+type lazySink struct {
+	mu sync.RWMutex
+	s  messenger.Sink
+}
+
+func (l *lazySink) set(s messenger.Sink) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.s = s
+}
+
+func (l *lazySink) Write(ctx context.Context, batchID string, records []*tallyv1.Record) error {
+	l.mu.RLock()
+	s := l.s
+	l.mu.RUnlock()
+	if s == nil {
+		return errors.New("spool not open yet")
+	}
+	return s.Write(ctx, batchID, records)
+}
+
+// CloudType is what records say produced them (APEL's CloudType).
+func CloudType() string { return "tally/" + Version() + " (OpenStack)" }
 
 // lazyMessenger lets the gRPC server be registered before the ledger is
 // opened at Start; a call before that is answered Unavailable.

@@ -122,10 +122,14 @@ func TestServeAllInOne(t *testing.T) {
 	var stderr syncBuffer
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, []string{"serve", "--data-dir", t.TempDir(), "--listen", api, "--metrics-listen", metricsAddr},
+		done <- Main(ctx, []string{"serve", "--data-dir", t.TempDir(), "--listen", api, "--metrics-listen", metricsAddr, "--site-name", "TEST"},
 			Env{Stdout: io.Discard, Stderr: &stderr, Environ: []string{
 				"TALLY_NATS_EMBEDDED_LISTEN=" + natsAddr,
+				"TALLY_MESSENGERS_NOOP_ENABLED=true",
 				"TALLY_MESSENGERS_NOOP_LISTEN=" + freeAddr(t),
+				"TALLY_MESSENGERS_SSM_ENABLED=false",
+				"TALLY_EXTRACTORS_NOVA_ENABLED=false",
+				"TALLY_ENRICHER_DEFAULT_VO=ops",
 			}})
 	}()
 	waitServing(t, api)
@@ -190,8 +194,8 @@ func TestServeStopsOnSIGTERM(t *testing.T) {
 		t.Fatalf("go build: %v", err)
 	}
 	api := freeAddr(t)
-	cmd := exec.Command(bin, "serve", "--data-dir", t.TempDir(), "--listen", api, "--metrics-listen", "")
-	cmd.Env = append(os.Environ(), "TALLY_MESSENGERS_NOOP_LISTEN="+freeAddr(t))
+	cmd := exec.Command(bin, "serve", "--data-dir", t.TempDir(), "--listen", api, "--metrics-listen", "", "--site-name", "TEST")
+	cmd.Env = append(os.Environ(), "TALLY_MESSENGERS_SSM_LISTEN="+freeAddr(t), "TALLY_EXTRACTORS_NOVA_ENABLED=false")
 	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
