@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tally-accounting/tally/pkg/apel"
 	"github.com/tally-accounting/tally/pkg/bus"
 	"github.com/tally-accounting/tally/pkg/directory"
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
@@ -156,6 +157,13 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 		err := Validate(r)
 		if err == nil {
 			err = s.mapper.enrich(ctx, r)
+		}
+		if err == nil {
+			// What APEL would reject is caught here, with the field named,
+			// not in a message the loader throws away whole.
+			if verr := apel.Validate(r); verr != nil {
+				err = &invalidError{msg: fmt.Sprintf("record %s: %v", r.GetKey(), verr)}
+			}
 		}
 		var perm *bus.PermanentError
 		if err != nil && !errors.As(err, &perm) && !isInvalid(err) {

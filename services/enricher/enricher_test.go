@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/goleak"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tally-accounting/tally/pkg/bus"
 	"github.com/tally-accounting/tally/pkg/bus/bustest"
@@ -111,7 +112,8 @@ func cloudRecord(key string) *tallyv1.Record {
 	return &tallyv1.Record{
 		Key:        key,
 		Provenance: &tallyv1.Provenance{Region: "RegionOne", Extractor: "extractor-nova"},
-		Payload:    &tallyv1.Record_Cloud{Cloud: &tallyv1.CloudRecord{VmUuid: key, SiteName: "SITE"}},
+		Payload: &tallyv1.Record_Cloud{Cloud: &tallyv1.CloudRecord{VmUuid: key, SiteName: "SITE", Status: "started",
+			StartTime: timestamppb.New(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)), WallDuration: 1, CpuDuration: 1}},
 	}
 }
 
