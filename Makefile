@@ -28,9 +28,15 @@ test:
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem $(MODULES)
 
-## run: the main job on the embedded default (all services, one process)
+SIM_LISTEN ?= 127.0.0.1:8786
+
+## run: the main job on the embedded default: the OpenStack simulator, and
+## every tally service in one process extracting from it into ./var/spool/ssm
 run: build
-	$(BIN)/tally serve $(RUN_ARGS)
+	@$(BIN)/tally sim --listen $(SIM_LISTEN) --log-level warn & sim=$$!; \
+	trap 'kill $$sim 2>/dev/null' EXIT INT TERM; \
+	eval "$$($(BIN)/tally sim env --listen $(SIM_LISTEN))"; \
+	$(BIN)/tally serve --config deploy/config/demo.yaml $(RUN_ARGS)
 
 # buf is built once into bin/ from the module proxy. GOWORK=off: buf's own
 # requirements must not be mixed into tally's workspace.
