@@ -16,6 +16,7 @@ import (
 
 	"github.com/gophercloud/gophercloud/v2"
 	gopenstack "github.com/gophercloud/gophercloud/v2/openstack"
+	"github.com/gophercloud/gophercloud/v2/openstack/identity/v3/tokens"
 	"github.com/gophercloud/gophercloud/v2/openstack/config/clouds"
 
 	"github.com/tally-accounting/tally/pkg/config"
@@ -240,6 +241,12 @@ type Cloud struct {
 // Connect authenticates. The HTTP transport retries per retry and counts
 // calls in the returned Cloud's Stats.
 func Connect(ctx context.Context, a AuthConfig, retry RetryConfig) (*Cloud, error) {
+	return ConnectCounting(ctx, a, retry, &Stats{})
+}
+
+// ConnectCounting is Connect counting calls in stats, shared by the
+// connections of one run (one per project in per-project mode).
+func ConnectCounting(ctx context.Context, a AuthConfig, retry RetryConfig, stats *Stats) (*Cloud, error) {
 	ao, eo, tlsCfg, err := a.Options()
 	if err != nil {
 		return nil, err
@@ -248,7 +255,6 @@ func Connect(ctx context.Context, a AuthConfig, retry RetryConfig) (*Cloud, erro
 	if tlsCfg != nil {
 		base.TLSClientConfig = tlsCfg
 	}
-	stats := &Stats{}
 	pc, err := gopenstack.NewClient(ao.IdentityEndpoint)
 	if err != nil {
 		return nil, fmt.Errorf("auth url %q: %w", ao.IdentityEndpoint, err)
@@ -302,4 +308,21 @@ func StatusOf(err error) int {
 		return uerr.Actual
 	}
 	return 0
+}
+
+// Roles returns the role names of the cloud's token.
+func (c *Cloud) Roles() []string {
+	res, ok := c.Provider.GetAuthResult().(tokens.CreateResult)
+	if !ok {
+		return nil
+	}
+	roles, err := res.ExtractRoles()
+	if err != nil {
+		return nil
+	}
+	out := make([]string, 0, len(roles))
+	for _, r := range roles {
+		out = append(out, r.Name)
+	}
+	return out
 }
