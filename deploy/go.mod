@@ -10,6 +10,8 @@ require (
 	github.com/rabbitmq/amqp091-go v1.16.0 // indirect
 	github.com/rivo/uniseg v0.4.7 // indirect
 	github.com/schollz/progressbar/v3 v3.19.1 // indirect
+	github.com/tally-accounting/tally/services/extractor-cinder v0.0.0 // indirect
+	github.com/tally-accounting/tally/services/extractor-neutron v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/extractor-nova v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/messenger-ssm v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/sim v0.0.0-00010101000000-000000000000 // indirect
@@ -85,3 +87,7 @@ replace (
 replace github.com/tally-accounting/tally/services/extractor-nova => ../services/extractor-nova
 
 replace github.com/tally-accounting/tally/services/messenger-ssm => ../services/messenger-ssm
+
+replace github.com/tally-accounting/tally/services/extractor-cinder => ../services/extractor-cinder
+
+replace github.com/tally-accounting/tally/services/extractor-neutron => ../services/extractor-neutron

@@ -20,6 +20,9 @@ type Config struct {
 	// MappingFile is cASO's deprecated voms.json, used when a project has
 	// no VO property.
 	MappingFile string `yaml:"mapping_file"`
+	// CloudType names the producer on every record (APEL CloudType); the
+	// binary sets it to its own name and version.
+	CloudType string `yaml:"-"`
 	// DefaultVO is used for projects with no VO anywhere; empty holds their
 	// records (dead-lettered, window not moved) until one is set.
 	DefaultVO string `yaml:"default_vo"`

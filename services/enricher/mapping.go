@@ -131,15 +131,18 @@ func (m *mapper) enrich(ctx context.Context, r *tallyv1.Record) error {
 	case *tallyv1.Record_Cloud:
 		c := p.Cloud
 		c.SiteName, c.CloudComputeService, c.Fqan = site, service, vo
+		c.CloudType = orDefault(c.CloudType, m.cfg.CloudType)
 		if c.GlobalUserName == nil {
 			c.GlobalUserName = m.userName(ctx, c.GetLocalUserId())
 		}
 	case *tallyv1.Record_Accelerator:
 		a := p.Accelerator
 		a.SiteName, a.CloudComputeService, a.Fqan = site, service, vo
+		a.CloudType = orDefault(a.CloudType, m.cfg.CloudType)
 	case *tallyv1.Record_Ip:
 		ip := p.Ip
 		ip.SiteName, ip.CloudComputeService, ip.Fqan = site, &service, vo
+		ip.CloudType = orDefault(ip.CloudType, m.cfg.CloudType)
 		if ip.GlobalUserName == nil && ip.LocalUser != nil {
 			ip.GlobalUserName = m.userName(ctx, ip.GetLocalUser())
 		}
@@ -152,6 +155,14 @@ func (m *mapper) enrich(ctx context.Context, r *tallyv1.Record) error {
 	case *tallyv1.Record_Energy:
 		e := p.Energy
 		e.SiteName, e.CloudComputeService, e.Owner = site, service, vo
+		e.CloudType = orDefault(e.CloudType, m.cfg.CloudType)
 	}
 	return nil
+}
+
+func orDefault(v, def string) string {
+	if v == "" {
+		return def
+	}
+	return v
 }

@@ -3,10 +3,13 @@ module github.com/tally-accounting/tally/services/tally
 go 1.26.0
 
 require (
+	github.com/google/go-cmp v0.7.0
 	github.com/nats-io/nats.go v1.55.0
 	github.com/schollz/progressbar/v3 v3.19.1
 	github.com/tally-accounting/tally/pkg v0.0.0
 	github.com/tally-accounting/tally/services/enricher v0.0.0
+	github.com/tally-accounting/tally/services/extractor-cinder v0.0.0
+	github.com/tally-accounting/tally/services/extractor-neutron v0.0.0
 	github.com/tally-accounting/tally/services/extractor-nova v0.0.0
 	github.com/tally-accounting/tally/services/messenger-ssm v0.0.0
 	github.com/tally-accounting/tally/services/sim v0.0.0-00010101000000-000000000000
@@ -66,6 +69,8 @@ require (
 replace (
 	github.com/tally-accounting/tally/pkg => ../../pkg
 	github.com/tally-accounting/tally/services/enricher => ../enricher
+	github.com/tally-accounting/tally/services/extractor-cinder => ../extractor-cinder
+	github.com/tally-accounting/tally/services/extractor-neutron => ../extractor-neutron
 	github.com/tally-accounting/tally/services/extractor-nova => ../extractor-nova
 	github.com/tally-accounting/tally/services/messenger-ssm => ../messenger-ssm
 	github.com/tally-accounting/tally/services/sim => ../sim

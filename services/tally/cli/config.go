@@ -10,6 +10,7 @@ import (
 
 	"github.com/tally-accounting/tally/pkg/bus"
 	"github.com/tally-accounting/tally/pkg/config"
+	"github.com/tally-accounting/tally/pkg/extract"
 	"github.com/tally-accounting/tally/pkg/logging"
 	"github.com/tally-accounting/tally/pkg/openstack"
 	"github.com/tally-accounting/tally/pkg/record"
@@ -49,7 +50,15 @@ type Config struct {
 
 // Extractors configures each extractor service.
 type Extractors struct {
-	Nova NovaConfig `yaml:"nova"`
+	Nova    NovaConfig      `yaml:"nova"`
+	Cinder  ExtractorConfig `yaml:"cinder"`
+	Neutron ExtractorConfig `yaml:"neutron"`
+}
+
+// ExtractorConfig is an extractor's section with only the common keys.
+type ExtractorConfig struct {
+	Enabled        bool `yaml:"enabled"`
+	extract.Config `yaml:",inline"`
 }
 
 // NovaConfig is the Nova extractor's section.
@@ -105,8 +114,12 @@ func DefaultConfig() Config {
 		MetricsListen:   DefaultMetricsListen,
 		ShutdownTimeout: 8 * time.Second,
 		NATS:            bus.DefaultConfig(),
-		Extractors:      Extractors{Nova: NovaConfig{Enabled: true, Config: nova.DefaultConfig()}},
-		Enricher:        enricher.DefaultConfig(),
+		Extractors: Extractors{
+			Nova:    NovaConfig{Enabled: true, Config: nova.DefaultConfig()},
+			Cinder:  ExtractorConfig{Config: extract.DefaultConfig()},
+			Neutron: ExtractorConfig{Config: extract.DefaultConfig()},
+		},
+		Enricher: enricher.DefaultConfig(),
 		Messengers: Messengers{
 			Noop: MessengerConfig{Listen: DefaultNoopListen},
 			SSM:  SSMConfig{Enabled: true, Listen: DefaultSSMListen, Config: ssmDefaults()},
@@ -177,6 +190,13 @@ func (c *Config) Validate() error {
 	if c.Extractors.Nova.Enabled {
 		if err := c.Extractors.Nova.Config.Validate(); err != nil {
 			return config.Prefix("extractors.nova", err)
+		}
+	}
+	for name, e := range map[string]ExtractorConfig{"cinder": c.Extractors.Cinder, "neutron": c.Extractors.Neutron} {
+		if e.Enabled {
+			if err := e.Config.Validate(); err != nil {
+				return config.Prefix("extractors."+name, err)
+			}
 		}
 	}
 	if !c.OpenStack.IsZero() {

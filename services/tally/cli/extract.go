@@ -149,7 +149,7 @@ func runExtract(ctx context.Context, cfg *Config, auth openstack.AuthConfig, opt
 	var targets []string
 	if cfg.NATS.URL == "" {
 		targets = slices.DeleteFunc(enabledTargets(&local), func(t string) bool {
-			return t == TargetAPI || t == TargetExtractorNova
+			return t == TargetAPI || isExtractor(t)
 		})
 	}
 	p, err := newProcess(&local, targets, env, tel, m, logger)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/tally-accounting/tally/pkg/bus"
 	"github.com/tally-accounting/tally/pkg/config"
+	"github.com/tally-accounting/tally/pkg/extract"
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 	"github.com/tally-accounting/tally/pkg/logging"
 	"github.com/tally-accounting/tally/pkg/messenger"
@@ -25,25 +26,35 @@ import (
 	"github.com/tally-accounting/tally/pkg/service"
 	"github.com/tally-accounting/tally/pkg/telemetry"
 	"github.com/tally-accounting/tally/services/enricher"
+	cinder "github.com/tally-accounting/tally/services/extractor-cinder"
+	neutron "github.com/tally-accounting/tally/services/extractor-neutron"
 	nova "github.com/tally-accounting/tally/services/extractor-nova"
 	ssm "github.com/tally-accounting/tally/services/messenger-ssm"
 )
 
 // Targets a service process can run; "all" runs every one that is enabled.
 const (
-	TargetAll           = "all"
-	TargetAPI           = "api"
-	TargetEnricher      = enricher.Name
-	TargetMessengerNoop = "messenger-noop"
-	TargetMessengerSSM  = "messenger-ssm"
-	TargetExtractorNova = nova.Name
+	TargetAll              = "all"
+	TargetAPI              = "api"
+	TargetEnricher         = enricher.Name
+	TargetMessengerNoop    = "messenger-noop"
+	TargetMessengerSSM     = "messenger-ssm"
+	TargetExtractorNova    = nova.Name
+	TargetExtractorCinder  = cinder.Name
+	TargetExtractorNeutron = neutron.Name
 )
 
 // Targets lists the names --target accepts besides "all", in start order:
 // messengers before the enricher that pushes to them, the enricher before
 // the extractors that feed it.
 func Targets() []string {
-	return []string{TargetAPI, TargetMessengerNoop, TargetMessengerSSM, TargetEnricher, TargetExtractorNova}
+	return []string{TargetAPI, TargetMessengerNoop, TargetMessengerSSM, TargetEnricher,
+		TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron}
+}
+
+// isExtractor reports whether target is an extractor.
+func isExtractor(target string) bool {
+	return target == TargetExtractorNova || target == TargetExtractorCinder || target == TargetExtractorNeutron
 }
 
 // enabledTargets are what "all" runs.
@@ -58,6 +69,12 @@ func enabledTargets(cfg *Config) []string {
 	out = append(out, TargetEnricher)
 	if cfg.Extractors.Nova.Enabled {
 		out = append(out, TargetExtractorNova)
+	}
+	if cfg.Extractors.Cinder.Enabled {
+		out = append(out, TargetExtractorCinder)
+	}
+	if cfg.Extractors.Neutron.Enabled {
+		out = append(out, TargetExtractorNeutron)
 	}
 	return out
 }
@@ -203,7 +220,7 @@ func traceServiceName(targets []string) string {
 
 // needsBus reports whether a target uses NATS; a messenger or the API alone
 // does not.
-func needsBus(target string) bool { return target == TargetEnricher || target == TargetExtractorNova }
+func needsBus(target string) bool { return target == TargetEnricher || isExtractor(target) }
 
 func natsDescription(cfg *Config) string {
 	if cfg.NATS.URL == "" {
@@ -281,6 +298,12 @@ func newProcess(cfg *Config, targets []string, env Env, tel *telemetry.Telemetry
 			messengerTargets = append(messengerTargets, enricher.Target{Name: "ssm", Addr: srv.Addr})
 		case TargetExtractorNova:
 			services = append(services, nova.NewService(cfg.Extractors.Nova.Config, cfg.Auth(env.getenv), CloudType(), p.busSvc.Bus, m, logger))
+		case TargetExtractorCinder:
+			ec := cfg.Extractors.Cinder.Config
+			services = append(services, extract.NewService(cinder.NewSource(ec), ec, cfg.Auth(env.getenv), p.busSvc.Bus, m, logger))
+		case TargetExtractorNeutron:
+			ec := cfg.Extractors.Neutron.Config
+			services = append(services, extract.NewService(neutron.NewSource(ec), ec, cfg.Auth(env.getenv), p.busSvc.Bus, m, logger))
 		case TargetEnricher:
 			// In the split deployment the addresses come from the config; in
 			// all-in-one they default to the messengers of this process.
@@ -290,7 +313,9 @@ func newProcess(cfg *Config, targets []string, env Env, tel *telemetry.Telemetry
 					messengerTargets = append(messengerTargets, enricher.Target{Name: mt.Name, Addr: func() string { return mt.Address }})
 				}
 			}
-			services = append(services, enricher.New(cfg.Enricher, messengerTargets, enricher.Deps{
+			ecfg := cfg.Enricher
+			ecfg.CloudType = CloudType()
+			services = append(services, enricher.New(ecfg, messengerTargets, enricher.Deps{
 				Bus: p.busSvc.Bus, Telemetry: tel, Metrics: m, Logger: logger,
 			}))
 		}

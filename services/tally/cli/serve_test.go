@@ -24,6 +24,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tally-accounting/tally/pkg/bus"
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
@@ -148,7 +149,8 @@ func TestServeAllInOne(t *testing.T) {
 	}
 	js, _ := jetstream.New(nc)
 	data, _ := proto.Marshal(&tallyv1.RecordBatch{BatchId: "serve-test", Records: []*tallyv1.Record{{
-		Key: "cloud/SITE/vm-1", Payload: &tallyv1.Record_Cloud{Cloud: &tallyv1.CloudRecord{VmUuid: "vm-1"}},
+		Key: "cloud/vm-1", Payload: &tallyv1.Record_Cloud{Cloud: &tallyv1.CloudRecord{VmUuid: "vm-1", Status: "started",
+			StartTime: timestamppb.New(time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)), WallDuration: 60, CpuDuration: 60, CpuCount: 1}},
 	}}})
 	if _, err := js.Publish(t.Context(), bus.RawSubject("RegionOne", tallyv1.RecordType_RECORD_TYPE_CLOUD), data, jetstream.WithMsgID("serve-test")); err != nil {
 		t.Fatal(err)
