@@ -63,7 +63,8 @@ func TestServeConfigErrors(t *testing.T) {
 		{"bad access mode", []string{"TALLY_EXTRACTORS_NOVA_ACCESS_MODE=admin"}, nil, "extractors.nova.access_mode"},
 		{"all plus more", nil, []string{"--target", "all,api"}, `"all" cannot be combined`},
 		{"bad record type", []string{"TALLY_MESSENGERS_NOOP_ENABLED=true", "TALLY_MESSENGERS_NOOP_RECORD_TYPES=cloud,vm"}, nil, "messengers.noop.record_types"},
-		{"no site name", nil, nil, "enricher.site_name"},
+		{"no site name", nil, []string{"--target", "enricher", "--nats-url", "nats://127.0.0.1:1"}, "enricher.site_name"},
+		{"no credentials", nil, []string{"--target", "extractor-nova", "--nats-url", "nats://127.0.0.1:1"}, "OpenStack credentials"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

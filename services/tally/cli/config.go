@@ -239,9 +239,31 @@ func (c *Config) ledgerPath(messenger string) string {
 }
 
 // checkTargets validates what only the services that will run need.
-func (c *Config) checkTargets(targets []string) error {
+func (c *Config) checkTargets(targets []string, getenv func(string) string) error {
 	if slices.Contains(targets, TargetEnricher) && c.Enricher.SiteName == "" {
 		return config.Errorf("enricher.site_name", "is empty: APEL requires a SiteName on every record (set it, TALLY_ENRICHER_SITE_NAME or --site-name)")
 	}
+	if slices.ContainsFunc(targets, isExtractor) {
+		if _, _, _, err := c.Auth(getenv).Options(); err != nil {
+			return fmt.Errorf("OpenStack credentials for the extractors: %w (set OS_* or OS_CLOUD, or the openstack section)", err)
+		}
+	}
 	return nil
+}
+
+// runnable drops from targets the services whose configuration is not
+// complete, with the reason for each.
+func (c *Config) runnable(targets []string, getenv func(string) string) (keep, off []string) {
+	_, _, _, authErr := c.Auth(getenv).Options()
+	for _, t := range targets {
+		switch {
+		case t == TargetEnricher && c.Enricher.SiteName == "":
+			off = append(off, "the enricher is off: enricher.site_name is empty (--site-name); extracted records wait on the bus")
+		case isExtractor(t) && authErr != nil:
+			off = append(off, fmt.Sprintf("%s is off: no OpenStack credentials (%v)", t, authErr))
+		default:
+			keep = append(keep, t)
+		}
+	}
+	return keep, off
 }

@@ -94,7 +94,7 @@ Flags:
 	}
 	opts.Projects, opts.DryRun, opts.DryRunOut = projects, *dryRun, env.Stdout
 	if !*dryRun && cfg.NATS.URL == "" {
-		if err := cfg.checkTargets([]string{TargetEnricher}); err != nil {
+		if err := cfg.checkTargets([]string{TargetEnricher}, env.getenv); err != nil {
 			fmt.Fprintf(env.Stderr, "tally extract: %v\n", err)
 			return 2
 		}

@@ -131,7 +131,16 @@ func LoadServeConfig(args []string, env Env) (cfg Config, targets []string, code
 		fmt.Fprintf(env.Stderr, "tally serve: --target: %v\n", err)
 		return cfg, nil, 2, false
 	}
-	if err := cfg.checkTargets(targets); err != nil {
+	if *target == TargetAll {
+		// "all" on a fresh install runs what is configured enough to run,
+		// and says what is off and why, rather than refusing to start.
+		var off []string
+		targets, off = cfg.runnable(targets, env.getenv)
+		for _, why := range off {
+			fmt.Fprintf(env.Stderr, "tally serve: warning: %s\n", why)
+		}
+	}
+	if err := cfg.checkTargets(targets, env.getenv); err != nil {
 		fmt.Fprintf(env.Stderr, "tally serve: %v\n", err)
 		return cfg, nil, 2, false
 	}
