@@ -146,8 +146,15 @@ func TestComposeAgreesWithTheBinary(t *testing.T) {
 			if !slices.Contains(ports, port(t, cfg.Listen)) || hostOf(cfg.Listen) != "0.0.0.0" {
 				t.Errorf("api: listen %s must be on 0.0.0.0 and exposed (%q)", cfg.Listen, ports)
 			}
-		case tally.TargetMessengerNoop, tally.TargetMessengerSSM:
+		case tally.TargetMessengerNoop, tally.TargetMessengerSSM, tally.TargetMessengerLogstash:
 			l := cfg.Messengers.Noop.Listen
+			if name == tally.TargetMessengerLogstash {
+				l = cfg.Messengers.Logstash.Listen
+				ls, ok := p.Services[cfg.Messengers.Logstash.Host]
+				if !ok || !slices.Contains(exposed(ls), fmt.Sprint(cfg.Messengers.Logstash.Port)) {
+					t.Errorf("%s: sends to %s:%d, which no compose service exposes", name, cfg.Messengers.Logstash.Host, cfg.Messengers.Logstash.Port)
+				}
+			}
 			if name == tally.TargetMessengerSSM {
 				l = cfg.Messengers.SSM.Listen
 				mounted := false

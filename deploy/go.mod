@@ -13,6 +13,7 @@ require (
 	github.com/tally-accounting/tally/services/extractor-cinder v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/extractor-neutron v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/extractor-nova v0.0.0 // indirect
+	github.com/tally-accounting/tally/services/messenger-logstash v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/messenger-ssm v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/sim v0.0.0-00010101000000-000000000000 // indirect
 	golang.org/x/term v0.47.0 // indirect
@@ -91,3 +92,5 @@ replace github.com/tally-accounting/tally/services/messenger-ssm => ../services/
 replace github.com/tally-accounting/tally/services/extractor-cinder => ../services/extractor-cinder
 
 replace github.com/tally-accounting/tally/services/extractor-neutron => ../services/extractor-neutron
+
+replace github.com/tally-accounting/tally/services/messenger-logstash => ../services/messenger-logstash

@@ -11,6 +11,7 @@ require (
 	github.com/tally-accounting/tally/services/extractor-cinder v0.0.0
 	github.com/tally-accounting/tally/services/extractor-neutron v0.0.0
 	github.com/tally-accounting/tally/services/extractor-nova v0.0.0
+	github.com/tally-accounting/tally/services/messenger-logstash v0.0.0
 	github.com/tally-accounting/tally/services/messenger-ssm v0.0.0
 	github.com/tally-accounting/tally/services/sim v0.0.0-00010101000000-000000000000
 	go.uber.org/goleak v1.3.0
@@ -72,6 +73,7 @@ replace (
 	github.com/tally-accounting/tally/services/extractor-cinder => ../extractor-cinder
 	github.com/tally-accounting/tally/services/extractor-neutron => ../extractor-neutron
 	github.com/tally-accounting/tally/services/extractor-nova => ../extractor-nova
+	github.com/tally-accounting/tally/services/messenger-logstash => ../messenger-logstash
 	github.com/tally-accounting/tally/services/messenger-ssm => ../messenger-ssm
 	github.com/tally-accounting/tally/services/sim => ../sim
 )

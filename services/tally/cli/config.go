@@ -16,15 +16,17 @@ import (
 	"github.com/tally-accounting/tally/pkg/record"
 	"github.com/tally-accounting/tally/services/enricher"
 	nova "github.com/tally-accounting/tally/services/extractor-nova"
+	logstash "github.com/tally-accounting/tally/services/messenger-logstash"
 	ssm "github.com/tally-accounting/tally/services/messenger-ssm"
 )
 
 // Default listen addresses; README "Ports" lists them.
 const (
-	DefaultListen        = "127.0.0.1:50051"
-	DefaultMetricsListen = "127.0.0.1:9464"
-	DefaultNoopListen    = "127.0.0.1:50064"
-	DefaultSSMListen     = "127.0.0.1:50061"
+	DefaultListen         = "127.0.0.1:50051"
+	DefaultMetricsListen  = "127.0.0.1:9464"
+	DefaultNoopListen     = "127.0.0.1:50064"
+	DefaultSSMListen      = "127.0.0.1:50061"
+	DefaultLogstashListen = "127.0.0.1:50062"
 )
 
 // Config is the configuration of every tally service, one file for all;
@@ -69,8 +71,17 @@ type NovaConfig struct {
 
 // Messengers configures each messenger service.
 type Messengers struct {
-	Noop MessengerConfig `yaml:"noop"`
-	SSM  SSMConfig       `yaml:"ssm"`
+	Noop     MessengerConfig `yaml:"noop"`
+	SSM      SSMConfig       `yaml:"ssm"`
+	Logstash LogstashConfig  `yaml:"logstash"`
+}
+
+// LogstashConfig is the Logstash messenger's section.
+type LogstashConfig struct {
+	Enabled bool `yaml:"enabled"`
+	// Listen is the messenger's internal gRPC address.
+	Listen          string `yaml:"listen"`
+	logstash.Config `yaml:",inline"`
 }
 
 // SSMConfig is the SSM messenger's section.
@@ -121,8 +132,9 @@ func DefaultConfig() Config {
 		},
 		Enricher: enricher.DefaultConfig(),
 		Messengers: Messengers{
-			Noop: MessengerConfig{Listen: DefaultNoopListen},
-			SSM:  SSMConfig{Enabled: true, Listen: DefaultSSMListen, Config: ssmDefaults()},
+			Noop:     MessengerConfig{Listen: DefaultNoopListen},
+			SSM:      SSMConfig{Enabled: true, Listen: DefaultSSMListen, Config: ssmDefaults()},
+			Logstash: LogstashConfig{Listen: DefaultLogstashListen, Config: logstash.DefaultConfig()},
 		},
 	}
 }
@@ -138,6 +150,9 @@ func ssmDefaults() ssm.Config {
 func (c *Config) derive() {
 	if c.Messengers.SSM.Spool == "" {
 		c.Messengers.SSM.Spool = filepath.Join(c.DataDir, "spool", "ssm")
+	}
+	if c.Messengers.Logstash.BufferDir == "" {
+		c.Messengers.Logstash.BufferDir = filepath.Join(c.DataDir, "logstash-buffer")
 	}
 }
 
@@ -185,6 +200,14 @@ func (c *Config) Validate() error {
 		}
 		if err := c.Messengers.SSM.Config.Validate(); err != nil {
 			return config.Prefix("messengers.ssm", err)
+		}
+	}
+	if c.Messengers.Logstash.Enabled {
+		if err := validAddr(c.Messengers.Logstash.Listen); err != nil {
+			return config.Errorf("messengers.logstash.listen", "%v", err)
+		}
+		if err := c.Messengers.Logstash.Config.Validate(); err != nil {
+			return config.Prefix("messengers.logstash", err)
 		}
 	}
 	if c.Extractors.Nova.Enabled {

@@ -29,26 +29,28 @@ import (
 	cinder "github.com/tally-accounting/tally/services/extractor-cinder"
 	neutron "github.com/tally-accounting/tally/services/extractor-neutron"
 	nova "github.com/tally-accounting/tally/services/extractor-nova"
+	logstash "github.com/tally-accounting/tally/services/messenger-logstash"
 	ssm "github.com/tally-accounting/tally/services/messenger-ssm"
 )
 
 // Targets a service process can run; "all" runs every one that is enabled.
 const (
-	TargetAll              = "all"
-	TargetAPI              = "api"
-	TargetEnricher         = enricher.Name
-	TargetMessengerNoop    = "messenger-noop"
-	TargetMessengerSSM     = "messenger-ssm"
-	TargetExtractorNova    = nova.Name
-	TargetExtractorCinder  = cinder.Name
-	TargetExtractorNeutron = neutron.Name
+	TargetAll               = "all"
+	TargetAPI               = "api"
+	TargetEnricher          = enricher.Name
+	TargetMessengerNoop     = "messenger-noop"
+	TargetMessengerSSM      = "messenger-ssm"
+	TargetMessengerLogstash = logstash.Name
+	TargetExtractorNova     = nova.Name
+	TargetExtractorCinder   = cinder.Name
+	TargetExtractorNeutron  = neutron.Name
 )
 
 // Targets lists the names --target accepts besides "all", in start order:
 // messengers before the enricher that pushes to them, the enricher before
 // the extractors that feed it.
 func Targets() []string {
-	return []string{TargetAPI, TargetMessengerNoop, TargetMessengerSSM, TargetEnricher,
+	return []string{TargetAPI, TargetMessengerNoop, TargetMessengerSSM, TargetMessengerLogstash, TargetEnricher,
 		TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron}
 }
 
@@ -65,6 +67,9 @@ func enabledTargets(cfg *Config) []string {
 	}
 	if cfg.Messengers.SSM.Enabled {
 		out = append(out, TargetMessengerSSM)
+	}
+	if cfg.Messengers.Logstash.Enabled {
+		out = append(out, TargetMessengerLogstash)
 	}
 	out = append(out, TargetEnricher)
 	if cfg.Extractors.Nova.Enabled {
@@ -305,6 +310,21 @@ func newProcess(cfg *Config, targets []string, env Env, tel *telemetry.Telemetry
 			// close after it stopped.
 			services = append(services, spool, ledger, srv)
 			messengerTargets = append(messengerTargets, enricher.Target{Name: "ssm", Addr: srv.Addr})
+		case TargetMessengerLogstash:
+			lc := cfg.Messengers.Logstash
+			types, err := lc.Config.Types()
+			if err != nil {
+				return nil, fmt.Errorf("messengers.logstash.record_types: %w", err)
+			}
+			ls, err := logstash.New(lc.Config, logger, m)
+			if err != nil {
+				return nil, err
+			}
+			srv, ledger := newMessenger("logstash", lc.Listen, types, ls, cfg, tel, m, logger)
+			p.grpc = append(p.grpc, srv)
+			// The buffer opens first and, stopped last, flushes to Logstash.
+			services = append(services, ls, ledger, srv)
+			messengerTargets = append(messengerTargets, enricher.Target{Name: "logstash", Addr: srv.Addr})
 		case TargetExtractorNova:
 			services = append(services, nova.NewService(cfg.Extractors.Nova.Config, cfg.Auth(env.getenv), CloudType(), p.busSvc.Bus, m, logger))
 		case TargetExtractorCinder:
