@@ -32,7 +32,8 @@ import (
 type Window struct{ From, To time.Time }
 
 // Emit hands a record of project to the runner, which completes its
-// provenance, batches it and publishes it.
+// provenance (keeping an owner_user_id the source set), batches it and
+// publishes it.
 type Emit func(ctx context.Context, project string, rec *tallyv1.Record) error
 
 // Source is what one extractor knows about its OpenStack API.
@@ -400,6 +401,7 @@ func (r *run) emit(ctx context.Context, project string, rec *tallyv1.Record) err
 	rec.Provenance = &tallyv1.Provenance{
 		Region: r.e.region, Extractor: r.e.src.Name(), ProjectId: project,
 		WindowFrom: timestamppb.New(w.From), WindowTo: timestamppb.New(w.To), ExtractedAt: timestamppb.Now(),
+		OwnerUserId: rec.GetProvenance().GetOwnerUserId(),
 	}
 	t := record.TypeOf(rec)
 	r.mu.Lock()

@@ -139,6 +139,9 @@ func (m *mapper) enrich(ctx context.Context, r *tallyv1.Record) error {
 		a := p.Accelerator
 		a.SiteName, a.CloudComputeService, a.Fqan = site, service, vo
 		a.CloudType = orDefault(a.CloudType, m.cfg.CloudType)
+		if a.GlobalUserName == nil {
+			a.GlobalUserName = m.userName(ctx, prov.GetOwnerUserId())
+		}
 	case *tallyv1.Record_Ip:
 		ip := p.Ip
 		ip.SiteName, ip.CloudComputeService, ip.Fqan = site, &service, vo

@@ -2,64 +2,31 @@ package nova
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/tally-accounting/tally/pkg/config"
-	"github.com/tally-accounting/tally/pkg/openstack"
+	"github.com/tally-accounting/tally/pkg/extract"
 )
 
-// Access modes.
-const (
-	AccessAuto       = "auto"
-	AccessAllTenants = "all_tenants"
-	AccessPerProject = "per_project"
-)
-
-// Config configures the Nova extractor of one region.
+// Config configures the Nova extractor of one region: the keys every
+// extractor has, plus Nova's.
 type Config struct {
-	// Projects to extract (ids or names), besides the tagged ones.
-	Projects []string `yaml:"projects"`
-	// Tag selects every Keystone project carrying it (cASO's caso_tag);
-	// empty selects only Projects.
-	Tag string `yaml:"caso_tag"`
-	// AccessMode is auto (all_tenants when the credentials may, else per
-	// project), all_tenants or per_project.
-	AccessMode string `yaml:"access_mode"`
-	// Concurrency bounds projects extracted at once in per-project mode.
-	Concurrency int `yaml:"concurrency"`
-	// PageSize is the limit asked of list calls (Nova's max_limit is 1000).
-	PageSize int `yaml:"page_size"`
-	// BatchSize is records per bus message.
-	BatchSize int `yaml:"batch_size"`
-	// Interval between runs in tally serve.
-	Interval time.Duration `yaml:"interval"`
-	// DeliveryTimeout bounds the wait for every batch to reach every
-	// messenger before a run gives up on moving its windows.
-	DeliveryTimeout time.Duration `yaml:"delivery_timeout"`
+	extract.Config `yaml:",inline"`
 	// Microversion of the compute API; 2.47 or later embeds the flavor
 	// (with its extra specs as at boot) in each server.
-	Microversion string `yaml:"microversion"`
-	// Benchmark and accelerator extra-spec keys.
-	BenchmarkTypeKey     string                `yaml:"benchmark_name_key"`
-	BenchmarkValueKey    string                `yaml:"benchmark_value_key"`
-	AcceleratorTypeKey   string                `yaml:"accelerator_type_key"`
-	AcceleratorVendorKey string                `yaml:"accelerator_vendor_key"`
-	AcceleratorModelKey  string                `yaml:"accelerator_model_key"`
-	AcceleratorNumberKey string                `yaml:"accelerator_number_key"`
-	Retry                openstack.RetryConfig `yaml:"retry"`
+	Microversion         string `yaml:"microversion"`
+	BenchmarkTypeKey     string `yaml:"benchmark_name_key"`
+	BenchmarkValueKey    string `yaml:"benchmark_value_key"`
+	AcceleratorTypeKey   string `yaml:"accelerator_type_key"`
+	AcceleratorVendorKey string `yaml:"accelerator_vendor_key"`
+	AcceleratorModelKey  string `yaml:"accelerator_model_key"`
+	AcceleratorNumberKey string `yaml:"accelerator_number_key"`
 }
 
 // DefaultConfig returns cASO's defaults where cASO has them.
 func DefaultConfig() Config {
 	k := DefaultKeys()
 	return Config{
-		Tag:                  "caso",
-		AccessMode:           AccessAuto,
-		Concurrency:          4,
-		PageSize:             1000,
-		BatchSize:            500,
-		Interval:             time.Hour,
-		DeliveryTimeout:      5 * time.Minute,
+		Config:               extract.DefaultConfig(),
 		Microversion:         "2.79",
 		BenchmarkTypeKey:     k.BenchmarkType,
 		BenchmarkValueKey:    k.BenchmarkValue,
@@ -67,7 +34,6 @@ func DefaultConfig() Config {
 		AcceleratorVendorKey: k.AcceleratorVendor,
 		AcceleratorModelKey:  k.AcceleratorModel,
 		AcceleratorNumberKey: k.AcceleratorNumber,
-		Retry:                openstack.DefaultRetry(),
 	}
 }
 
@@ -82,25 +48,11 @@ func (c Config) Keys() Keys {
 
 // Validate implements config.Validator.
 func (c Config) Validate() error {
-	switch {
-	case c.AccessMode != AccessAuto && c.AccessMode != AccessAllTenants && c.AccessMode != AccessPerProject:
-		return config.Errorf("access_mode", "%q is not auto, all_tenants or per_project", c.AccessMode)
-	case c.Concurrency < 1 || c.Concurrency > 64:
-		return config.Errorf("concurrency", "must be between 1 and 64, got %d", c.Concurrency)
-	case c.PageSize < 1 || c.PageSize > 10000:
-		return config.Errorf("page_size", "must be between 1 and 10000, got %d", c.PageSize)
-	case c.BatchSize < 1 || c.BatchSize > 5000:
-		return config.Errorf("batch_size", "must be between 1 and 5000, got %d", c.BatchSize)
-	case c.Interval < time.Minute:
-		return config.Errorf("interval", "must be at least 1m, got %v", c.Interval)
-	case c.DeliveryTimeout < time.Second:
-		return config.Errorf("delivery_timeout", "must be at least 1s")
-	case !atLeast247(c.Microversion):
+	if err := c.Config.Validate(); err != nil {
+		return err
+	}
+	if !atLeast247(c.Microversion) {
 		return config.Errorf("microversion", "%q: tally needs 2.47 or later (the flavor embedded in the server)", c.Microversion)
-	case c.Tag == "" && len(c.Projects) == 0:
-		return config.Errorf("projects", "no projects and no caso_tag: nothing would be extracted")
-	case c.Retry.MaxAttempts < 1:
-		return config.Errorf("retry.max_attempts", "must be at least 1")
 	}
 	return nil
 }

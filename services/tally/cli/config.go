@@ -3,6 +3,7 @@ package cli
 import (
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
@@ -15,6 +16,8 @@ import (
 	"github.com/tally-accounting/tally/pkg/openstack"
 	"github.com/tally-accounting/tally/pkg/record"
 	"github.com/tally-accounting/tally/services/enricher"
+	cinder "github.com/tally-accounting/tally/services/extractor-cinder"
+	neutron "github.com/tally-accounting/tally/services/extractor-neutron"
 	nova "github.com/tally-accounting/tally/services/extractor-nova"
 	logstash "github.com/tally-accounting/tally/services/messenger-logstash"
 	ssm "github.com/tally-accounting/tally/services/messenger-ssm"
@@ -289,4 +292,20 @@ func (c *Config) runnable(targets []string, getenv func(string) string) (keep, o
 		}
 	}
 	return keep, off
+}
+
+// source returns an extractor target's source and common configuration.
+func (c *Config) source(target string, logger *slog.Logger) (extract.Source, extract.Config) {
+	switch target {
+	case TargetExtractorCinder:
+		return cinder.NewSource(c.Extractors.Cinder.Config), c.Extractors.Cinder.Config
+	case TargetExtractorNeutron:
+		return neutron.NewSource(c.Extractors.Neutron.Config), c.Extractors.Neutron.Config
+	}
+	return nova.NewSource(c.Extractors.Nova.Config, CloudType(), logger), c.Extractors.Nova.Config.Config
+}
+
+// extractors lists the enabled extractor targets.
+func (c *Config) extractors() []string {
+	return slices.DeleteFunc(enabledTargets(c), func(t string) bool { return !isExtractor(t) })
 }

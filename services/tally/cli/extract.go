@@ -17,13 +17,13 @@ import (
 	"golang.org/x/term"
 
 	"github.com/tally-accounting/tally/pkg/config"
+	"github.com/tally-accounting/tally/pkg/extract"
 	"github.com/tally-accounting/tally/pkg/logging"
 	"github.com/tally-accounting/tally/pkg/metrics"
 	"github.com/tally-accounting/tally/pkg/openstack"
 	"github.com/tally-accounting/tally/pkg/record"
 	"github.com/tally-accounting/tally/pkg/service"
 	"github.com/tally-accounting/tally/pkg/telemetry"
-	nova "github.com/tally-accounting/tally/services/extractor-nova"
 )
 
 // ParseTime reads --from/--to: RFC 3339, or a date or date-time without a
@@ -74,7 +74,7 @@ Flags:
 		fmt.Fprintf(env.Stderr, "tally extract: %v\n", err)
 		return 2
 	}
-	var opts nova.Options
+	var opts extract.Options
 	var err error
 	if *from != "" {
 		if opts.From, err = ParseTime(*from); err != nil {
@@ -111,13 +111,15 @@ Flags:
 	}
 	bar := newProgress(env.Stderr)
 	opts.Progress = bar.update
-	sum, err := runExtract(ctx, &cfg, auth, opts, env, logger)
+	sums, err := runExtract(ctx, &cfg, auth, opts, env, logger)
 	bar.finish()
 	if !*dryRun || err != nil {
-		printSummary(env.Stdout, sum, *dryRun)
+		for _, sum := range sums {
+			printSummary(env.Stdout, sum, *dryRun)
+		}
 	}
 	switch {
-	case errors.Is(err, nova.ErrPartial):
+	case errors.Is(err, extract.ErrPartial):
 		return 1
 	case err != nil:
 		fmt.Fprintf(env.Stderr, "tally extract: %v\n", err)
@@ -126,15 +128,35 @@ Flags:
 	return 0
 }
 
-// runExtract runs the pipeline this process needs around one extraction.
-func runExtract(ctx context.Context, cfg *Config, auth openstack.AuthConfig, opts nova.Options, env Env, logger *slog.Logger) (nova.Summary, error) {
+// runExtract runs every enabled extractor once, inside the pipeline this
+// process needs.
+func runExtract(ctx context.Context, cfg *Config, auth openstack.AuthConfig, opts extract.Options, env Env, logger *slog.Logger) ([]extract.Summary, error) {
 	m := metrics.New()
+	runAll := func(ctx context.Context, deps extract.Deps) ([]extract.Summary, error) {
+		var (
+			sums []extract.Summary
+			errs []error
+		)
+		for _, t := range cfg.extractors() {
+			src, ec := cfg.source(t, logger)
+			sum, err := extract.NewRunner(src, ec, auth, deps).Run(ctx, opts)
+			sums = append(sums, sum)
+			if err != nil && !errors.Is(err, extract.ErrPartial) {
+				err = fmt.Errorf("%s: %w", t, err)
+			}
+			errs = append(errs, err)
+			if ctx.Err() != nil {
+				break
+			}
+		}
+		return sums, errors.Join(errs...)
+	}
 	if opts.DryRun {
-		return nova.New(cfg.Extractors.Nova.Config, auth, CloudType(), nova.Deps{Metrics: m, Logger: logger}).Run(ctx, opts)
+		return runAll(ctx, extract.Deps{Metrics: m, Logger: logger})
 	}
 	tel, err := telemetry.Setup(ctx, "tally-extract", Version())
 	if err != nil {
-		return nova.Summary{}, err
+		return nil, err
 	}
 	defer tel.Shutdown(context.WithoutCancel(ctx))
 
@@ -145,6 +167,7 @@ func runExtract(ctx context.Context, cfg *Config, auth openstack.AuthConfig, opt
 	local.MetricsListen = ""
 	local.Messengers.Noop.Listen = "127.0.0.1:0"
 	local.Messengers.SSM.Listen = "127.0.0.1:0"
+	local.Messengers.Logstash.Listen = "127.0.0.1:0"
 	local.Enricher.Messengers = nil
 	var targets []string
 	if cfg.NATS.URL == "" {
@@ -154,7 +177,7 @@ func runExtract(ctx context.Context, cfg *Config, auth openstack.AuthConfig, opt
 	}
 	p, err := newProcess(&local, targets, env, tel, m, logger)
 	if err != nil {
-		return nova.Summary{}, err
+		return nil, err
 	}
 	services := p.services
 	if !slices.Contains(services, service.Service(p.busSvc)) {
@@ -163,28 +186,28 @@ func runExtract(ctx context.Context, cfg *Config, auth openstack.AuthConfig, opt
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
-		sum    nova.Summary
+		sums   []extract.Summary
 		runErr error
 	)
 	services = append(services, service.Funcs{
-		ServiceName: nova.Name,
+		ServiceName: "extract",
 		RunFunc: func(rctx context.Context) error {
 			// The one-shot is done: stop the rest of the pipeline.
 			defer cancel()
-			deps, err := nova.OpenDeps(rctx, p.busSvc.Bus(), m, logger)
+			deps, err := extract.OpenDeps(rctx, p.busSvc.Bus(), m, logger)
 			if err != nil {
 				runErr = err
 				return nil
 			}
-			sum, runErr = nova.New(cfg.Extractors.Nova.Config, auth, CloudType(), deps).Run(rctx, opts)
+			sums, runErr = runAll(rctx, deps)
 			return nil
 		},
 	})
 	mgrErr := service.NewManager(logger, cfg.ShutdownTimeout, services...).Run(runCtx)
-	if runErr == nil && ctx.Err() != nil {
-		runErr = fmt.Errorf("interrupted: %w", ctx.Err())
+	if ctx.Err() != nil {
+		runErr = errors.Join(runErr, fmt.Errorf("interrupted: %w", ctx.Err()))
 	}
-	return sum, errors.Join(runErr, mgrErr)
+	return sums, errors.Join(runErr, mgrErr)
 }
 
 // progress is a bar on a terminal, and nothing otherwise (cron, pipes).
@@ -221,12 +244,12 @@ func (p *progress) finish() {
 	}
 }
 
-func printSummary(w io.Writer, s nova.Summary, dryRun bool) {
+func printSummary(w io.Writer, s extract.Summary, dryRun bool) {
 	verb := "delivered"
 	if dryRun {
 		verb = "printed (dry run)"
 	}
-	fmt.Fprintf(w, "tally extract: %s mode, window %s to %s\n", orDash(s.Mode), fmtTime(s.From), fmtTime(s.To))
+	fmt.Fprintf(w, "tally extract: %s, %s mode, window %s to %s\n", s.Extractor, orDash(s.Mode), fmtTime(s.From), fmtTime(s.To))
 	fmt.Fprintf(w, "  projects: %d extracted, %d failed, %d skipped (leased by another extractor)\n",
 		s.Projects-len(s.Failed), len(s.Failed), len(s.Skipped))
 	var recs []string

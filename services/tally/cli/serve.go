@@ -325,14 +325,9 @@ func newProcess(cfg *Config, targets []string, env Env, tel *telemetry.Telemetry
 			// The buffer opens first and, stopped last, flushes to Logstash.
 			services = append(services, ls, ledger, srv)
 			messengerTargets = append(messengerTargets, enricher.Target{Name: "logstash", Addr: srv.Addr})
-		case TargetExtractorNova:
-			services = append(services, nova.NewService(cfg.Extractors.Nova.Config, cfg.Auth(env.getenv), CloudType(), p.busSvc.Bus, m, logger))
-		case TargetExtractorCinder:
-			ec := cfg.Extractors.Cinder.Config
-			services = append(services, extract.NewService(cinder.NewSource(ec), ec, cfg.Auth(env.getenv), p.busSvc.Bus, m, logger))
-		case TargetExtractorNeutron:
-			ec := cfg.Extractors.Neutron.Config
-			services = append(services, extract.NewService(neutron.NewSource(ec), ec, cfg.Auth(env.getenv), p.busSvc.Bus, m, logger))
+		case TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron:
+			src, ec := cfg.source(t, logger)
+			services = append(services, extract.NewService(src, ec, cfg.Auth(env.getenv), p.busSvc.Bus, m, logger))
 		case TargetEnricher:
 			// In the split deployment the addresses come from the config; in
 			// all-in-one they default to the messengers of this process.

@@ -1110,11 +1110,14 @@ type Provenance struct {
 	Site    string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
 	Service string                 `protobuf:"bytes,3,opt,name=service,proto3" json:"service,omitempty"`
 	// The extractor that produced the record, e.g. "extractor-nova".
-	Extractor     string                 `protobuf:"bytes,4,opt,name=extractor,proto3" json:"extractor,omitempty"`
-	ProjectId     string                 `protobuf:"bytes,5,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	WindowFrom    *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=window_from,json=windowFrom,proto3" json:"window_from,omitempty"`
-	WindowTo      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=window_to,json=windowTo,proto3" json:"window_to,omitempty"`
-	ExtractedAt   *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=extracted_at,json=extractedAt,proto3" json:"extracted_at,omitempty"`
+	Extractor   string                 `protobuf:"bytes,4,opt,name=extractor,proto3" json:"extractor,omitempty"`
+	ProjectId   string                 `protobuf:"bytes,5,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	WindowFrom  *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=window_from,json=windowFrom,proto3" json:"window_from,omitempty"`
+	WindowTo    *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=window_to,json=windowTo,proto3" json:"window_to,omitempty"`
+	ExtractedAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=extracted_at,json=extractedAt,proto3" json:"extracted_at,omitempty"`
+	// The Keystone user owning the resource, when the API says: the enricher
+	// names it on records that carry no user id of their own (accelerator).
+	OwnerUserId   string `protobuf:"bytes,9,opt,name=owner_user_id,json=ownerUserId,proto3" json:"owner_user_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1203,6 +1206,13 @@ func (x *Provenance) GetExtractedAt() *timestamppb.Timestamp {
 		return x.ExtractedAt
 	}
 	return nil
+}
+
+func (x *Provenance) GetOwnerUserId() string {
+	if x != nil {
+		return x.OwnerUserId
+	}
+	return ""
 }
 
 // Record is the envelope every record travels in.
@@ -1578,7 +1588,7 @@ const file_tally_v1_records_proto_rawDesc = "" +
 	"\x12suspend_duration_s\x18\r \x01(\x03R\x10suspendDurationS\x12,\n" +
 	"\x12exec_unit_finished\x18\x0e \x01(\bR\x10execUnitFinished\x12\x16\n" +
 	"\x06status\x18\x0f \x01(\tR\x06status\x12\x14\n" +
-	"\x05owner\x18\x10 \x01(\tR\x05owner\"\xc4\x02\n" +
+	"\x05owner\x18\x10 \x01(\tR\x05owner\"\xe8\x02\n" +
 	"\n" +
 	"Provenance\x12\x16\n" +
 	"\x06region\x18\x01 \x01(\tR\x06region\x12\x12\n" +
@@ -1590,7 +1600,8 @@ const file_tally_v1_records_proto_rawDesc = "" +
 	"\vwindow_from\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"windowFrom\x127\n" +
 	"\twindow_to\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\bwindowTo\x12=\n" +
-	"\fextracted_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vextractedAt\"\xd8\x02\n" +
+	"\fextracted_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\vextractedAt\x12\"\n" +
+	"\rowner_user_id\x18\t \x01(\tR\vownerUserId\"\xd8\x02\n" +
 	"\x06Record\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x124\n" +
 	"\n" +

@@ -1,0 +1,254 @@
+package nova
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gophercloud/gophercloud/v2"
+	gopenstack "github.com/gophercloud/gophercloud/v2/openstack"
+	"github.com/gophercloud/gophercloud/v2/openstack/compute/v2/servers"
+	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
+	"github.com/gophercloud/gophercloud/v2/pagination"
+
+	"github.com/tally-accounting/tally/pkg/extract"
+	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+	"github.com/tally-accounting/tally/pkg/openstack"
+)
+
+// Name is the extractor's service name and provenance.
+const Name = "extractor-nova"
+
+// MarketplaceProperty is the image property that replaces the image id in
+// ImageId (EGI's AppDB marketplace URI).
+const MarketplaceProperty = "vmcatcher_event_ad_mpuri"
+
+// Source lists servers. Per server it needs no other call: the flavor is
+// embedded (2.47+), images are listed once per run, and a server that has
+// not changed since the window started is found by the second listing of
+// live servers, where cASO asked the usage API and then GET each server.
+type Source struct {
+	cfg       Config
+	cloudType string
+	logger    *slog.Logger
+	compute   *gophercloud.ServiceClient
+	imageRefs map[string]string
+}
+
+// NewSource returns the Nova source; cloudType names the producer.
+func NewSource(cfg Config, cloudType string, logger *slog.Logger) *Source {
+	return &Source{cfg: cfg, cloudType: cloudType, logger: logger}
+}
+
+// Name implements extract.Source.
+func (s *Source) Name() string { return Name }
+
+func (s *Source) computeFor(cloud *openstack.Cloud) (*gophercloud.ServiceClient, error) {
+	c, err := gopenstack.NewComputeV2(cloud.Provider, cloud.Endpoint)
+	if err != nil {
+		return nil, fmt.Errorf("nova endpoint (region %q): %w", cloud.Endpoint.Region, err)
+	}
+	c.Microversion = s.cfg.Microversion
+	return c, nil
+}
+
+// Open implements extract.Source: the compute client, and the images'
+// marketplace URIs once for the run.
+func (s *Source) Open(ctx context.Context, cloud *openstack.Cloud) error {
+	c, err := s.computeFor(cloud)
+	if err != nil {
+		return err
+	}
+	s.compute = c
+	s.imageRefs = map[string]string{}
+	img, err := gopenstack.NewImageV2(cloud.Provider, cloud.Endpoint)
+	if err != nil {
+		s.logger.Warn("no Glance endpoint: ImageId is the image id", "error", err)
+		return nil
+	}
+	err = images.List(img, images.ListOpts{Limit: s.cfg.PageSize}).EachPage(ctx, func(_ context.Context, page pagination.Page) (bool, error) {
+		is, err := images.ExtractImages(page)
+		if err != nil {
+			return false, err
+		}
+		for _, im := range is {
+			if v, ok := im.Properties[MarketplaceProperty].(string); ok && v != "" {
+				s.imageRefs[im.ID] = v
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		s.logger.Warn("cannot list Glance images: ImageId is the image id", "error", openstack.Explain(err))
+	}
+	return nil
+}
+
+// CanListAll implements extract.Source: Nova refuses all_tenants (403,
+// os_compute_api:servers:detail:get_all_tenants) to who may not.
+func (s *Source) CanListAll(ctx context.Context) (bool, error) {
+	// One page only: AllPages would walk every server one at a time.
+	err := servers.List(s.compute, servers.ListOpts{AllTenants: true, Limit: 1}).EachPage(ctx,
+		func(context.Context, pagination.Page) (bool, error) { return false, nil })
+	if err == nil {
+		return true, nil
+	}
+	if st := openstack.StatusOf(err); st == http.StatusForbidden || st == http.StatusUnauthorized {
+		return false, nil
+	}
+	return false, fmt.Errorf("probe all_tenants listing: %w", openstack.Explain(err))
+}
+
+// All implements extract.Source: the servers changed since the earliest
+// window start (deleted ones included) and every live server (those not
+// changed since still accrue usage), each once.
+func (s *Source) All(ctx context.Context, windows map[string]extract.Window, since time.Time, emit extract.Emit) error {
+	seen := map[string]bool{}
+	visit := func(sv Server) error {
+		if seen[sv.ID] {
+			return nil
+		}
+		seen[sv.ID] = true
+		w, ok := windows[sv.ProjectID]
+		if !ok {
+			return nil
+		}
+		return s.emit(ctx, sv, w, emit)
+	}
+	sinceStr := since.UTC().Format(time.RFC3339)
+	if err := s.each(ctx, s.compute, servers.ListOpts{AllTenants: true, ChangesSince: sinceStr}, visit); err != nil {
+		return fmt.Errorf("list servers changed since %s: %w", sinceStr, err)
+	}
+	if err := s.each(ctx, s.compute, servers.ListOpts{AllTenants: true}, visit); err != nil {
+		return fmt.Errorf("list live servers: %w", err)
+	}
+	return nil
+}
+
+// Project implements extract.Source.
+func (s *Source) Project(ctx context.Context, cloud *openstack.Cloud, project string, w extract.Window, emit extract.Emit) error {
+	c, err := s.computeFor(cloud)
+	if err != nil {
+		return err
+	}
+	seen := map[string]bool{}
+	visit := func(sv Server) error {
+		if seen[sv.ID] || sv.ProjectID != project {
+			return nil
+		}
+		seen[sv.ID] = true
+		return s.emit(ctx, sv, w, emit)
+	}
+	if err := s.each(ctx, c, servers.ListOpts{ChangesSince: w.From.UTC().Format(time.RFC3339)}, visit); err != nil {
+		return fmt.Errorf("list servers: %w", err)
+	}
+	if err := s.each(ctx, c, servers.ListOpts{}, visit); err != nil {
+		return fmt.Errorf("list live servers: %w", err)
+	}
+	return nil
+}
+
+// emit builds a server's cloud and accelerator records.
+func (s *Source) emit(ctx context.Context, sv Server, w extract.Window, emit extract.Emit) error {
+	win := Window{From: w.From, To: w.To}
+	if !Included(sv, win) {
+		return nil
+	}
+	site := Site{CloudType: s.cloudType}
+	warn := func(format string, args ...any) {
+		s.logger.Warn(fmt.Sprintf(format, args...), "vm_uuid", sv.ID, "project_id", sv.ProjectID)
+	}
+	imageRef := func(id string) string {
+		if ref, ok := s.imageRefs[id]; ok {
+			return ref
+		}
+		return id
+	}
+	cloud := Cloud(sv, nil, win, site, s.cfg.Keys(), imageRef, warn)
+	recs := []*tallyv1.Record{{Key: CloudKey(sv.ID), Payload: &tallyv1.Record_Cloud{Cloud: cloud}}}
+	for _, acc := range Accelerators(sv, win, site, s.cfg.Keys()) {
+		recs = append(recs, &tallyv1.Record{Key: AcceleratorKey(sv.ID, acc.MeasurementYear, acc.MeasurementMonth),
+			Payload: &tallyv1.Record_Accelerator{Accelerator: acc}})
+	}
+	for _, r := range recs {
+		// The accelerator record has no user id: the enricher names the
+		// owner from here.
+		r.Provenance = &tallyv1.Provenance{OwnerUserId: sv.UserID}
+		if err := emit(ctx, sv.ProjectID, r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// each walks a server listing page by page, so memory holds one page.
+func (s *Source) each(ctx context.Context, c *gophercloud.ServiceClient, opts servers.ListOpts, fn func(Server) error) error {
+	opts.Limit = s.cfg.PageSize
+	err := servers.List(c, opts).EachPage(ctx, func(_ context.Context, page pagination.Page) (bool, error) {
+		ss, err := servers.ExtractServers(page)
+		if err != nil {
+			return false, err
+		}
+		for i := range ss {
+			if err := fn(fromNova(&ss[i])); err != nil {
+				return false, err
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return openstack.Explain(err)
+	}
+	return nil
+}
+
+func fromNova(s *servers.Server) Server {
+	out := Server{
+		ID: s.ID, Name: s.Name, ProjectID: s.TenantID, UserID: s.UserID, Status: s.Status,
+		Created: s.Created, Updated: s.Updated, LaunchedAt: s.LaunchedAt, TerminatedAt: s.TerminatedAt,
+	}
+	if id, ok := s.Image["id"].(string); ok {
+		out.ImageID = id
+	}
+	if len(s.Flavor) > 0 {
+		f := &Flavor{ExtraSpecs: map[string]string{}}
+		f.Name, _ = s.Flavor["original_name"].(string)
+		f.VCPUs = int(num(s.Flavor["vcpus"]))
+		f.RAM = int64(num(s.Flavor["ram"]))
+		f.Disk = int64(num(s.Flavor["disk"]))
+		f.Ephemeral = int64(num(s.Flavor["ephemeral"]))
+		if specs, ok := s.Flavor["extra_specs"].(map[string]any); ok {
+			for k, v := range specs {
+				f.ExtraSpecs[k] = fmt.Sprint(v)
+			}
+		}
+		out.Flavor = f
+	}
+	for _, addrs := range s.Addresses {
+		list, _ := addrs.([]any)
+		for _, a := range list {
+			m, _ := a.(map[string]any)
+			if t, _ := m["OS-EXT-IPS:type"].(string); strings.EqualFold(t, "floating") {
+				out.FloatingIPs++
+			}
+		}
+	}
+	return out
+}
+
+func num(v any) float64 {
+	switch n := v.(type) {
+	case float64:
+		return n
+	case int:
+		return float64(n)
+	case string:
+		var f float64
+		fmt.Sscan(n, &f)
+		return f
+	}
+	return 0
+}
