@@ -97,7 +97,7 @@ func TestFixtures(t *testing.T) {
 	for _, run := range runs {
 		idxRaw, err := os.ReadFile(filepath.Join(run.dir, "_index.json"))
 		if err != nil {
-			t.Skipf("fixtures not available: %v", err)
+			t.Fatalf("fixtures not available (shared/ must sit beside the repository): %v", err)
 		}
 		var idx struct {
 			Calls []fixtureCall `json:"calls"`

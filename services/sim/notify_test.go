@@ -43,7 +43,7 @@ func TestNotificationsMatchRecording(t *testing.T) {
 		}
 	}
 	if err != nil || len(files) == 0 {
-		t.Skipf("notification fixtures not available: %v", err)
+		t.Fatalf("notification fixtures not available (shared/ must sit beside the repository): %v", err)
 	}
 	w, err := LoadScenario("testdata/zed.yaml")
 	if err != nil {
@@ -100,7 +100,7 @@ func TestNotificationsAMQP(t *testing.T) {
 	}
 	conn, err := amqp.Dial(url)
 	if err != nil {
-		t.Skipf("no RabbitMQ at %s: %v", redactURL(url), err)
+		t.Fatalf("no RabbitMQ at %s (.ci/run starts it): %v", redactURL(url), err)
 	}
 	defer conn.Close()
 	ch, err := conn.Channel()
