@@ -169,7 +169,7 @@ func TestComposeAgreesWithTheBinary(t *testing.T) {
 				t.Errorf("%s: listen %s must be on 0.0.0.0 and exposed (%q)", name, l, ports)
 			}
 			messengerListeners = append(messengerListeners, listener{name, port(t, l)})
-		case tally.TargetExtractorNova, tally.TargetExtractorCinder, tally.TargetExtractorNeutron:
+		case tally.TargetExtractorNova, tally.TargetExtractorCinder, tally.TargetExtractorNeutron, tally.TargetExtractorEnergy:
 			auth := cfg.Auth(func(k string) string {
 				if v := s.Environment[k]; v != nil {
 					return *v

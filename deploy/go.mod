@@ -6,11 +6,15 @@ require github.com/tally-accounting/tally/services/tally v0.0.0
 
 require (
 	github.com/gophercloud/gophercloud/v2 v2.15.0 // indirect
+	github.com/json-iterator/go v1.1.12 // indirect
 	github.com/mitchellh/colorstring v0.0.0-20190213212951-d06e56a500db // indirect
+	github.com/modern-go/concurrent v0.0.0-20180306012644-bacd9c7ef1dd // indirect
+	github.com/modern-go/reflect2 v1.0.2 // indirect
 	github.com/rabbitmq/amqp091-go v1.16.0 // indirect
 	github.com/rivo/uniseg v0.4.7 // indirect
 	github.com/schollz/progressbar/v3 v3.19.1 // indirect
 	github.com/tally-accounting/tally/services/extractor-cinder v0.0.0 // indirect
+	github.com/tally-accounting/tally/services/extractor-energy v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/extractor-neutron v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/extractor-nova v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/messenger-logstash v0.0.0 // indirect
@@ -94,3 +98,5 @@ replace github.com/tally-accounting/tally/services/extractor-cinder => ../servic
 replace github.com/tally-accounting/tally/services/extractor-neutron => ../services/extractor-neutron
 
 replace github.com/tally-accounting/tally/services/messenger-logstash => ../services/messenger-logstash
+
+replace github.com/tally-accounting/tally/services/extractor-energy => ../services/extractor-energy

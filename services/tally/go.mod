@@ -9,6 +9,7 @@ require (
 	github.com/tally-accounting/tally/pkg v0.0.0
 	github.com/tally-accounting/tally/services/enricher v0.0.0
 	github.com/tally-accounting/tally/services/extractor-cinder v0.0.0
+	github.com/tally-accounting/tally/services/extractor-energy v0.0.0
 	github.com/tally-accounting/tally/services/extractor-neutron v0.0.0
 	github.com/tally-accounting/tally/services/extractor-nova v0.0.0
 	github.com/tally-accounting/tally/services/messenger-logstash v0.0.0
@@ -31,9 +32,12 @@ require (
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/gophercloud/gophercloud/v2 v2.15.0 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.30.0 // indirect
+	github.com/json-iterator/go v1.1.12 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/minio/highwayhash v1.0.4 // indirect
 	github.com/mitchellh/colorstring v0.0.0-20190213212951-d06e56a500db // indirect
+	github.com/modern-go/concurrent v0.0.0-20180306012644-bacd9c7ef1dd // indirect
+	github.com/modern-go/reflect2 v1.0.2 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/nats-io/jwt/v2 v2.8.2 // indirect
 	github.com/nats-io/nats-server/v2 v2.15.2 // indirect
@@ -71,6 +75,7 @@ replace (
 	github.com/tally-accounting/tally/pkg => ../../pkg
 	github.com/tally-accounting/tally/services/enricher => ../enricher
 	github.com/tally-accounting/tally/services/extractor-cinder => ../extractor-cinder
+	github.com/tally-accounting/tally/services/extractor-energy => ../extractor-energy
 	github.com/tally-accounting/tally/services/extractor-neutron => ../extractor-neutron
 	github.com/tally-accounting/tally/services/extractor-nova => ../extractor-nova
 	github.com/tally-accounting/tally/services/messenger-logstash => ../messenger-logstash

@@ -17,6 +17,7 @@ import (
 	"github.com/tally-accounting/tally/pkg/record"
 	"github.com/tally-accounting/tally/services/enricher"
 	cinder "github.com/tally-accounting/tally/services/extractor-cinder"
+	energy "github.com/tally-accounting/tally/services/extractor-energy"
 	neutron "github.com/tally-accounting/tally/services/extractor-neutron"
 	nova "github.com/tally-accounting/tally/services/extractor-nova"
 	logstash "github.com/tally-accounting/tally/services/messenger-logstash"
@@ -58,6 +59,13 @@ type Extractors struct {
 	Nova    NovaConfig      `yaml:"nova"`
 	Cinder  ExtractorConfig `yaml:"cinder"`
 	Neutron ExtractorConfig `yaml:"neutron"`
+	Energy  EnergyConfig    `yaml:"energy"`
+}
+
+// EnergyConfig is the energy extractor's section (cASO's [prometheus]).
+type EnergyConfig struct {
+	Enabled       bool `yaml:"enabled"`
+	energy.Config `yaml:",inline"`
 }
 
 // ExtractorConfig is an extractor's section with only the common keys.
@@ -132,6 +140,7 @@ func DefaultConfig() Config {
 			Nova:    NovaConfig{Enabled: true, Config: nova.DefaultConfig()},
 			Cinder:  ExtractorConfig{Config: extract.DefaultConfig()},
 			Neutron: ExtractorConfig{Config: extract.DefaultConfig()},
+			Energy:  EnergyConfig{Config: energy.DefaultConfig()},
 		},
 		Enricher: enricher.DefaultConfig(),
 		Messengers: Messengers{
@@ -218,6 +227,11 @@ func (c *Config) Validate() error {
 			return config.Prefix("extractors.nova", err)
 		}
 	}
+	if c.Extractors.Energy.Enabled {
+		if err := c.Extractors.Energy.Config.Validate(); err != nil {
+			return config.Prefix("extractors.energy", err)
+		}
+	}
 	for name, e := range map[string]ExtractorConfig{"cinder": c.Extractors.Cinder, "neutron": c.Extractors.Neutron} {
 		if e.Enabled {
 			if err := e.Config.Validate(); err != nil {
@@ -301,6 +315,8 @@ func (c *Config) source(target string, logger *slog.Logger) (extract.Source, ext
 		return cinder.NewSource(c.Extractors.Cinder.Config), c.Extractors.Cinder.Config
 	case TargetExtractorNeutron:
 		return neutron.NewSource(c.Extractors.Neutron.Config), c.Extractors.Neutron.Config
+	case TargetExtractorEnergy:
+		return energy.NewSource(c.Extractors.Energy.Config, logger), c.Extractors.Energy.Config.Config
 	}
 	return nova.NewSource(c.Extractors.Nova.Config, CloudType(), logger), c.Extractors.Nova.Config.Config
 }

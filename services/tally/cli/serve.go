@@ -27,6 +27,7 @@ import (
 	"github.com/tally-accounting/tally/pkg/telemetry"
 	"github.com/tally-accounting/tally/services/enricher"
 	cinder "github.com/tally-accounting/tally/services/extractor-cinder"
+	energy "github.com/tally-accounting/tally/services/extractor-energy"
 	neutron "github.com/tally-accounting/tally/services/extractor-neutron"
 	nova "github.com/tally-accounting/tally/services/extractor-nova"
 	logstash "github.com/tally-accounting/tally/services/messenger-logstash"
@@ -44,6 +45,7 @@ const (
 	TargetExtractorNova     = nova.Name
 	TargetExtractorCinder   = cinder.Name
 	TargetExtractorNeutron  = neutron.Name
+	TargetExtractorEnergy   = energy.Name
 )
 
 // Targets lists the names --target accepts besides "all", in start order:
@@ -51,12 +53,16 @@ const (
 // the extractors that feed it.
 func Targets() []string {
 	return []string{TargetAPI, TargetMessengerNoop, TargetMessengerSSM, TargetMessengerLogstash, TargetEnricher,
-		TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron}
+		TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron, TargetExtractorEnergy}
 }
 
 // isExtractor reports whether target is an extractor.
 func isExtractor(target string) bool {
-	return target == TargetExtractorNova || target == TargetExtractorCinder || target == TargetExtractorNeutron
+	switch target {
+	case TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron, TargetExtractorEnergy:
+		return true
+	}
+	return false
 }
 
 // enabledTargets are what "all" runs.
@@ -80,6 +86,9 @@ func enabledTargets(cfg *Config) []string {
 	}
 	if cfg.Extractors.Neutron.Enabled {
 		out = append(out, TargetExtractorNeutron)
+	}
+	if cfg.Extractors.Energy.Enabled {
+		out = append(out, TargetExtractorEnergy)
 	}
 	return out
 }
@@ -325,7 +334,7 @@ func newProcess(cfg *Config, targets []string, env Env, tel *telemetry.Telemetry
 			// The buffer opens first and, stopped last, flushes to Logstash.
 			services = append(services, ls, ledger, srv)
 			messengerTargets = append(messengerTargets, enricher.Target{Name: "logstash", Addr: srv.Addr})
-		case TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron:
+		case TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron, TargetExtractorEnergy:
 			src, ec := cfg.source(t, logger)
 			services = append(services, extract.NewService(src, ec, cfg.Auth(env.getenv), p.busSvc.Bus, m, logger))
 		case TargetEnricher:
