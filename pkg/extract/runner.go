@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
@@ -289,6 +290,10 @@ func (r *run) prepare(ctx context.Context, ks *keystone, projects []directory.Pr
 		}
 		if !r.opts.DryRun {
 			lease, err := e.deps.State.Acquire(ctx, key)
+			if errors.Is(err, state.ErrLeased) && e.deps.Bus != nil && breakDeadLease(ctx, e.deps.Bus.JS, key) {
+				e.logger.Warn("took over the lease of a dead extractor process", "project_id", p.ID, "reason", err)
+				lease, err = e.deps.State.Acquire(ctx, key)
+			}
 			if errors.Is(err, state.ErrLeased) {
 				r.sum.Skipped[p.ID] = err.Error()
 				e.logger.Info("project skipped: another extractor has it", "project_id", p.ID, "reason", err)
@@ -476,8 +481,26 @@ func (r *run) publish(ctx context.Context, t tallyv1.RecordType, b *tallyv1.Reco
 		}
 		return nil
 	}
-	if _, err := r.e.deps.Bus.PublishBatch(ctx, bus.RawSubject(r.e.region, t), b); err != nil {
+	subject := bus.RawSubject(r.e.region, t)
+	dup, err := r.e.deps.Bus.PublishBatch(ctx, subject, b)
+	if err != nil {
 		return err
+	}
+	if dup {
+		// A run that died after publishing this very batch: JetStream
+		// dropped it as a duplicate, and if the enricher had settled it
+		// already, no outcome would ever reach this run's tracker (it
+		// would wait out delivery_timeout and keep the window). Publish it
+		// again under a fresh message id: the messengers know the batch id
+		// and write nothing twice, and the outcome comes back.
+		data, err := proto.Marshal(b)
+		if err != nil {
+			return err
+		}
+		again := fmt.Sprintf("%s/again/%d", b.GetBatchId(), time.Now().UnixNano())
+		if _, err := r.e.deps.Bus.Publish(ctx, subject, again, data, nats.Header{bus.HeaderBatchID: []string{b.GetBatchId()}}); err != nil {
+			return err
+		}
 	}
 	if m := r.e.deps.Metrics; m != nil {
 		m.RecordsOut.WithLabelValues(r.e.src.Name(), "bus", record.TypeName(t)).Add(float64(len(b.GetRecords())))
