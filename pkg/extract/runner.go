@@ -245,6 +245,10 @@ type run struct {
 
 	mu      sync.Mutex
 	pending map[string]*projectBatches
+	// waiting counts records queued in every project's open batches: in
+	// all-tenants mode a thousand small projects would otherwise hold the
+	// whole cloud in memory until the listing ends.
+	waiting int
 	order   []string // project ids, for a stable progress order
 	done    int
 }
@@ -417,13 +421,32 @@ func (r *run) emit(ctx context.Context, project string, rec *tallyv1.Record) err
 	}
 	pb.open[t] = append(pb.open[t], rec)
 	r.sum.Records[record.TypeName(t)]++
+	r.waiting++
 	full := len(pb.open[t]) >= r.e.cfg.BatchSize
+	crowded := r.waiting >= maxWaiting(r.e.cfg.BatchSize)
+	var projects []string
+	if crowded {
+		projects = slices.Collect(maps.Keys(r.pending))
+	}
 	r.mu.Unlock()
+	if crowded {
+		// Publish every open batch, small ones included: memory stays
+		// bounded by a few batches, not by the size of the cloud.
+		for _, p := range projects {
+			if err := r.flush(ctx, p, true); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	if full {
 		return r.flush(ctx, project, false)
 	}
 	return nil
 }
+
+// maxWaiting bounds the records held in open batches across projects.
+func maxWaiting(batchSize int) int { return max(4*batchSize, 2000) }
 
 // projectBatches holds a project's records not yet published, by type, and
 // the ids of the batches published for it.
@@ -452,6 +475,7 @@ func (r *run) flush(ctx context.Context, project string, final bool) error {
 			pb.ids = append(pb.ids, id)
 			outs = append(outs, out{t, &tallyv1.RecordBatch{BatchId: id, Records: recs}})
 			pb.open[t] = nil
+			r.waiting -= len(recs)
 		}
 	}
 	r.mu.Unlock()

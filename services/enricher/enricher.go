@@ -192,31 +192,27 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 	// Published even when empty: the extractor waits for it to know the
 	// batch is settled.
 	out := &tallyv1.RecordBatch{BatchId: batch.GetBatchId(), Records: valid}
-	if firstReason != nil {
-		// The enriched twin says itself that the batch was not delivered
-		// whole: the extractor's tracker hears dead letters and enriched
-		// batches on two subscriptions, each dispatched by its own
-		// goroutine, so a record's dead letter can reach it after this
-		// message and the project's window would move past held records.
-		return s.publishPartial(ctx, bus.EnrichedFromRaw(m.Subject), out, firstReason)
-	}
-	if _, err := s.bus.PublishBatch(ctx, bus.EnrichedFromRaw(m.Subject), out); err != nil {
-		return fmt.Errorf("publish enriched batch %s: %w", batch.GetBatchId(), err)
-	}
-	return nil
+	return s.publishEnriched(ctx, bus.EnrichedFromRaw(m.Subject), out, firstReason)
 }
 
-// publishPartial publishes the enriched twin of a batch some of whose
-// records were dead-lettered, with the reason in its headers.
-func (s *Service) publishPartial(ctx context.Context, subject string, out *tallyv1.RecordBatch, reason error) error {
+// publishEnriched publishes the enriched twin of a batch. When some records
+// were dead-lettered it says so itself, with the reason: the extractor's
+// tracker hears dead letters and enriched batches on two subscriptions,
+// each dispatched by its own goroutine, so a record's dead letter can reach
+// it after this message and the project's window would move past held
+// records. Its message id differs from the raw batch's, which shares the
+// stream and its duplicate window.
+func (s *Service) publishEnriched(ctx context.Context, subject string, out *tallyv1.RecordBatch, reason error) error {
 	data, err := proto.Marshal(out)
 	if err != nil {
 		return fmt.Errorf("marshal enriched batch %s: %w", out.GetBatchId(), err)
 	}
 	h := nats.Header{}
 	h.Set(bus.HeaderBatchID, out.GetBatchId())
-	h.Set(bus.HeaderReason, "a record was dead-lettered: "+reason.Error())
-	if _, err := s.bus.Publish(ctx, subject, out.GetBatchId(), data, h); err != nil {
+	if reason != nil {
+		h.Set(bus.HeaderReason, "a record was dead-lettered: "+reason.Error())
+	}
+	if _, err := s.bus.Publish(ctx, subject, "enriched/"+out.GetBatchId(), data, h); err != nil {
 		return fmt.Errorf("publish enriched batch %s: %w", out.GetBatchId(), err)
 	}
 	return nil

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
@@ -273,4 +274,22 @@ func TestTrackerSeesEveryOutcome(t *testing.T) {
 			t.Errorf("batch %s failed without a reason", id)
 		}
 	}
+}
+
+// TestEnrichedBatchesAreStored: the enriched twin shares the stream with
+// its raw batch, so it must not reuse the raw message id.
+func TestEnrichedBatchesAreStored(t *testing.T) {
+	p := startPipeline(t, 1, 0)
+	batch := &tallyv1.RecordBatch{BatchId: "stored", Records: []*tallyv1.Record{cloudRecord("vm-s")}}
+	if _, err := p.bus.PublishBatch(t.Context(), bus.RawSubject("RegionOne", tallyv1.RecordType_RECORD_TYPE_CLOUD), batch); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := p.bus.JS.Stream(t.Context(), bus.RecordsStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the enriched batch in the stream", func() bool {
+		info, err := stream.Info(t.Context(), jetstream.WithSubjectFilter(bus.EnrichedAll))
+		return err == nil && info.State.NumSubjects == 1
+	})
 }
