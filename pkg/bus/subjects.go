@@ -36,6 +36,9 @@ const (
 	HeaderBatchID = "Tally-Batch-Id"
 	// HeaderRecordIndex marks a dead letter of one record of a batch.
 	HeaderRecordIndex = "Tally-Record-Index"
+	// HeaderHeldProjects lists, on an enriched batch some of whose records
+	// were dead-lettered, the projects those records belong to.
+	HeaderHeldProjects = "Tally-Held-Projects"
 )
 
 // RawSubject is where extractors publish batches of one record type.

@@ -3,6 +3,7 @@ package bus
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/nats-io/nats.go"
@@ -43,11 +44,13 @@ type Tracker struct {
 	partial map[string]string // batch id → a record's dead-letter reason
 	done    map[string]Outcome
 	reasons map[string]string
+	held    map[string][]string // batch id → projects with dead-lettered records
 }
 
 // NewTracker listens for the outcomes of batches published for region.
 func (b *Bus) NewTracker(region string) (*Tracker, error) {
-	t := &Tracker{changed: make(chan struct{}), partial: map[string]string{}, done: map[string]Outcome{}, reasons: map[string]string{}}
+	t := &Tracker{changed: make(chan struct{}), partial: map[string]string{}, done: map[string]Outcome{},
+		reasons: map[string]string{}, held: map[string][]string{}}
 	for _, subj := range []string{"tally.records.enriched." + Token(region) + ".>", DeadLetterAll} {
 		sub, err := b.NC.Subscribe(subj, t.on)
 		if err != nil {
@@ -80,6 +83,9 @@ func (t *Tracker) on(m *nats.Msg) {
 	case dead:
 		t.done[id] = Failed
 		t.reasons[id] = m.Header.Get(HeaderReason)
+		if h := m.Header.Get(HeaderHeldProjects); h != "" {
+			t.held[id] = strings.Split(h, ",")
+		}
 	case t.partial[id] != "":
 		t.done[id] = Failed
 		t.reasons[id] = "a record was dead-lettered: " + t.partial[id]
@@ -119,6 +125,14 @@ func (t *Tracker) Wait(ctx context.Context, ids []string) (map[string]Outcome, m
 		case <-changed:
 		}
 	}
+}
+
+// FailedProjects returns, for a batch that failed only in part, the
+// projects whose records were held; empty when the batch failed whole.
+func (t *Tracker) FailedProjects(id string) []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.held[id]
 }
 
 // Close stops listening.

@@ -188,7 +188,8 @@ func (e *Runner) Run(ctx context.Context, opts Options) (sum Summary, err error)
 		return sum, err
 	}
 
-	run := &run{e: e, cloud: cloud, opts: opts, to: to, sum: &sum, windows: map[string]Window{}, pending: map[string]*projectBatches{}}
+	run := &run{e: e, cloud: cloud, opts: opts, to: to, sum: &sum, windows: map[string]Window{},
+		pending: map[string]*projectBatches{}, batchesOf: map[string][]string{}}
 	if err := run.prepare(ctx, ks, projects); err != nil {
 		return sum, err
 	}
@@ -210,6 +211,7 @@ func (e *Runner) Run(ctx context.Context, opts Options) (sum Summary, err error)
 	}
 	e.logger.Info("extracting", "mode", sum.Mode, "projects", len(run.windows), "to", to.Format(time.RFC3339))
 	if sum.Mode == AccessAllTenants {
+		run.shared = true
 		err = run.allTenants(ctx)
 	} else {
 		err = run.perProject(ctx)
@@ -243,12 +245,14 @@ type run struct {
 	windows map[string]Window // selected, leased projects
 	leases  []*state.Lease
 
-	mu      sync.Mutex
-	pending map[string]*projectBatches
-	// waiting counts records queued in every project's open batches: in
-	// all-tenants mode a thousand small projects would otherwise hold the
-	// whole cloud in memory until the listing ends.
-	waiting int
+	mu sync.Mutex
+	// shared batches records of every project together (all-tenants mode):
+	// per-project batches of a thousand small projects would hold the whole
+	// cloud in memory until the listing ends, or make tiny batches.
+	shared  bool
+	pending map[string]*projectBatches // by bucket: a project, or allProjects
+	// batchesOf lists, per project, the batches holding its records.
+	batchesOf map[string][]string
 	order   []string // project ids, for a stable progress order
 	done    int
 }
@@ -345,10 +349,10 @@ func (r *run) allTenants(ctx context.Context) error {
 	if err := r.e.src.All(ctx, r.windows, r.sum.From, r.emit); err != nil {
 		return err
 	}
-	for _, id := range r.order {
-		if err := r.flush(ctx, id, true); err != nil {
-			return err
-		}
+	if err := r.flush(ctx, allProjects, true); err != nil {
+		return err
+	}
+	for range r.order {
 		r.progress()
 	}
 	return nil
@@ -413,50 +417,36 @@ func (r *run) emit(ctx context.Context, project string, rec *tallyv1.Record) err
 		OwnerUserId: rec.GetProvenance().GetOwnerUserId(),
 	}
 	t := record.TypeOf(rec)
+	bucket := project
+	if r.shared {
+		bucket = allProjects
+	}
 	r.mu.Lock()
-	pb := r.pending[project]
+	pb := r.pending[bucket]
 	if pb == nil {
 		pb = &projectBatches{open: map[tallyv1.RecordType][]*tallyv1.Record{}}
-		r.pending[project] = pb
+		r.pending[bucket] = pb
 	}
 	pb.open[t] = append(pb.open[t], rec)
 	r.sum.Records[record.TypeName(t)]++
-	r.waiting++
 	full := len(pb.open[t]) >= r.e.cfg.BatchSize
-	crowded := r.waiting >= maxWaiting(r.e.cfg.BatchSize)
-	var projects []string
-	if crowded {
-		projects = slices.Collect(maps.Keys(r.pending))
-	}
 	r.mu.Unlock()
-	if crowded {
-		// Publish every open batch, small ones included: memory stays
-		// bounded by a few batches, not by the size of the cloud.
-		for _, p := range projects {
-			if err := r.flush(ctx, p, true); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
 	if full {
-		return r.flush(ctx, project, false)
+		return r.flush(ctx, bucket, false)
 	}
 	return nil
 }
 
-// maxWaiting bounds the records held in open batches across projects.
-func maxWaiting(batchSize int) int { return max(4*batchSize, 2000) }
+// allProjects is the bucket of the shared batches.
+const allProjects = "all"
 
-// projectBatches holds a project's records not yet published, by type, and
-// the ids of the batches published for it.
+// projectBatches holds a bucket's records not yet published, by type.
 type projectBatches struct {
 	open map[tallyv1.RecordType][]*tallyv1.Record
 	seq  int
-	ids  []string
 }
 
-// flush publishes a project's full batches, or all of them when final.
+// flush publishes a bucket's full batches, or all of them when final.
 func (r *run) flush(ctx context.Context, project string, final bool) error {
 	type out struct {
 		t     tallyv1.RecordType
@@ -472,10 +462,14 @@ func (r *run) flush(ctx context.Context, project string, final bool) error {
 			}
 			pb.seq++
 			id := BatchID(r.e.src.Name(), r.e.region, project, r.to, t, pb.seq, recs)
-			pb.ids = append(pb.ids, id)
+			for _, rec := range recs {
+				p := rec.GetProvenance().GetProjectId()
+				if ids := r.batchesOf[p]; len(ids) == 0 || ids[len(ids)-1] != id {
+					r.batchesOf[p] = append(ids, id)
+				}
+			}
 			outs = append(outs, out{t, &tallyv1.RecordBatch{BatchId: id, Records: recs}})
 			pb.open[t] = nil
-			r.waiting -= len(recs)
 		}
 	}
 	r.mu.Unlock()
@@ -553,10 +547,14 @@ func BatchID(extractor, region, project string, to time.Time, t tallyv1.RecordTy
 // settle waits until every project's batches reached every messenger, then
 // moves each fully delivered project's window to the run's end.
 func (r *run) settle(ctx context.Context, tracker *bus.Tracker) {
+	seen := map[string]bool{}
 	var ids []string
-	for _, id := range r.order {
-		if pb := r.pending[id]; pb != nil {
-			ids = append(ids, pb.ids...)
+	for _, project := range r.order {
+		for _, id := range r.batchesOf[project] {
+			if !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
 		}
 	}
 	wctx, cancel := context.WithTimeout(ctx, r.e.cfg.DeliveryTimeout)
@@ -567,17 +565,19 @@ func (r *run) settle(ctx context.Context, tracker *bus.Tracker) {
 			continue
 		}
 		problem := ""
-		if pb := r.pending[project]; pb != nil {
-			for _, id := range pb.ids {
-				switch outcomes[id] {
-				case bus.Failed:
+		for _, id := range r.batchesOf[project] {
+			switch outcomes[id] {
+			case bus.Failed:
+				// A shared batch fails a project only if it failed as a
+				// whole or names that project among the held ones.
+				if held := tracker.FailedProjects(id); len(held) == 0 || slices.Contains(held, project) {
 					problem = fmt.Sprintf("batch %s was dead-lettered: %s", id, reasons[id])
-				case bus.Pending:
-					problem = fmt.Sprintf("batch %s not delivered within %v", id, r.e.cfg.DeliveryTimeout)
 				}
-				if problem != "" {
-					break
-				}
+			case bus.Pending:
+				problem = fmt.Sprintf("batch %s not delivered within %v", id, r.e.cfg.DeliveryTimeout)
+			}
+			if problem != "" {
+				break
 			}
 		}
 		if problem != "" {

@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/nats-io/nats.go"
@@ -152,6 +154,7 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 	}
 	valid := make([]*tallyv1.Record, 0, len(batch.GetRecords()))
 	var firstReason error
+	var held []string // projects of the dead-lettered records
 	for i, r := range batch.GetRecords() {
 		s.deps.Metrics.RecordsIn.WithLabelValues(Name, record.TypeName(record.TypeOf(r))).Inc()
 		err := Validate(r)
@@ -176,6 +179,9 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 			if firstReason == nil {
 				firstReason = err
 			}
+			if p := r.GetProvenance().GetProjectId(); !slices.Contains(held, p) {
+				held = append(held, p)
+			}
 			continue
 		}
 		valid = append(valid, r)
@@ -192,7 +198,7 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 	// Published even when empty: the extractor waits for it to know the
 	// batch is settled.
 	out := &tallyv1.RecordBatch{BatchId: batch.GetBatchId(), Records: valid}
-	return s.publishEnriched(ctx, bus.EnrichedFromRaw(m.Subject), out, firstReason)
+	return s.publishEnriched(ctx, bus.EnrichedFromRaw(m.Subject), out, firstReason, held)
 }
 
 // publishEnriched publishes the enriched twin of a batch. When some records
@@ -202,7 +208,7 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 // it after this message and the project's window would move past held
 // records. Its message id differs from the raw batch's, which shares the
 // stream and its duplicate window.
-func (s *Service) publishEnriched(ctx context.Context, subject string, out *tallyv1.RecordBatch, reason error) error {
+func (s *Service) publishEnriched(ctx context.Context, subject string, out *tallyv1.RecordBatch, reason error, held []string) error {
 	data, err := proto.Marshal(out)
 	if err != nil {
 		return fmt.Errorf("marshal enriched batch %s: %w", out.GetBatchId(), err)
@@ -210,7 +216,11 @@ func (s *Service) publishEnriched(ctx context.Context, subject string, out *tall
 	h := nats.Header{}
 	h.Set(bus.HeaderBatchID, out.GetBatchId())
 	if reason != nil {
+		// Records of several projects share a batch: name the projects
+		// held, so only their windows stay put.
 		h.Set(bus.HeaderReason, "a record was dead-lettered: "+reason.Error())
+		slices.Sort(held)
+		h.Set(bus.HeaderHeldProjects, strings.Join(held, ","))
 	}
 	if _, err := s.bus.Publish(ctx, subject, "enriched/"+out.GetBatchId(), data, h); err != nil {
 		return fmt.Errorf("publish enriched batch %s: %w", out.GetBatchId(), err)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -254,6 +255,8 @@ func TestTrackerSeesEveryOutcome(t *testing.T) {
 		"invalid-one": {cloudRecord("vm-x"), {Key: "empty"}},
 		"reject-all":  {cloudRecord("vm-r")},
 		"all-invalid": {{Key: "empty2"}},
+		"mixed-projects": {withProject(cloudRecord("vm-p1"), "p1"), withProject(&tallyv1.Record{Key: "bad-p2"}, "p2"),
+			withProject(cloudRecord("vm-p3"), "p3")},
 	}
 	var ids []string
 	for id, rs := range batches {
@@ -265,7 +268,8 @@ func TestTrackerSeesEveryOutcome(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	got, reasons := tr.Wait(ctx, ids)
-	want := map[string]bus.Outcome{"ok": bus.Delivered, "invalid-one": bus.Failed, "reject-all": bus.Failed, "all-invalid": bus.Failed}
+	want := map[string]bus.Outcome{"ok": bus.Delivered, "invalid-one": bus.Failed, "reject-all": bus.Failed, "all-invalid": bus.Failed,
+		"mixed-projects": bus.Failed}
 	for id, w := range want {
 		if got[id] != w {
 			t.Errorf("batch %s: %v, want %v (reason %q)", id, got[id], w, reasons[id])
@@ -274,6 +278,22 @@ func TestTrackerSeesEveryOutcome(t *testing.T) {
 			t.Errorf("batch %s failed without a reason", id)
 		}
 	}
+	// A batch shared by projects names the ones whose records were held,
+	// so the others' windows can move.
+	if got := tr.FailedProjects("mixed-projects"); !slices.Equal(got, []string{"p2"}) {
+		t.Errorf("held projects = %q, want [p2]", got)
+	}
+	if got := tr.FailedProjects("reject-all"); len(got) != 0 {
+		t.Errorf("a batch refused whole names projects %q", got)
+	}
+}
+
+func withProject(r *tallyv1.Record, project string) *tallyv1.Record {
+	if r.Provenance == nil {
+		r.Provenance = &tallyv1.Provenance{}
+	}
+	r.Provenance.ProjectId = project
+	return r
 }
 
 // TestEnrichedBatchesAreStored: the enriched twin shares the stream with
@@ -290,6 +310,6 @@ func TestEnrichedBatchesAreStored(t *testing.T) {
 	}
 	waitFor(t, "the enriched batch in the stream", func() bool {
 		info, err := stream.Info(t.Context(), jetstream.WithSubjectFilter(bus.EnrichedAll))
-		return err == nil && info.State.NumSubjects == 1
+		return err == nil && info.State.Subjects["tally.records.enriched.RegionOne.cloud"] == 1
 	})
 }
