@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -311,9 +312,18 @@ func (w *World) exists(s *Instance, st ServerState, begin, end, at time.Time, im
 // string inside the JSON envelope.
 func (n Notification) Envelope() ([]byte, error) {
 	ts := n.Timestamp.UTC().Format("2006-01-02 15:04:05.000000")
-	inner := obj{{"message_id", uuidFromHash([]byte(n.EventType + n.ServerID + ts))}, {"publisher_id", n.Publisher},
+	payload, err := marshalNoEscape(n.Payload)
+	if err != nil {
+		return nil, err
+	}
+	// Ids are uuids as in a real cloud: deterministic here, from a hash of
+	// what makes the message unique (two exists of one server in one
+	// microsecond differ by their payload).
+	id := sha256.Sum256([]byte(n.EventType + "\x00" + n.ServerID + "\x00" + ts + "\x00" + n.Publisher + "\x00" + string(payload)))
+	uniq := sha256.Sum256(append([]byte("u"), id[:]...))
+	inner := obj{{"message_id", uuidFromHash(id[:])}, {"publisher_id", n.Publisher},
 		{"event_type", n.EventType}, {"priority", n.Priority}, {"payload", n.Payload}, {"timestamp", ts},
-		{"_unique_id", strings.ReplaceAll(uuidFromHash([]byte("u"+n.EventType+n.ServerID+ts)), "-", "")},
+		{"_unique_id", strings.ReplaceAll(uuidFromHash(uniq[:]), "-", "")},
 		{"_context_is_admin", true}, {"_context_read_deleted", "no"}, {"_context_roles", []string{}},
 		{"_context_request_id", requestID(n.ServerID, ts)}, {"_context_user_identity", "- - - - -"},
 		{"_context_timestamp", n.Timestamp.UTC().Format(fmtUsage)}, {"_context_service_catalog", []string{}}}

@@ -207,3 +207,37 @@ func TestNotificationKinds(t *testing.T) {
 		t.Errorf("hourly audits %d, daily %d: want about 24 times more", hourly, counts["compute.instance.exists"])
 	}
 }
+
+// TestMessageIDsAreUnique: a real cloud's message ids are random uuids;
+// consumers deduplicate on them, so distinct messages must not share one.
+func TestMessageIDsAreUnique(t *testing.T) {
+	w, err := LoadScenario("testdata/zed.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := time.Date(2026, 11, 23, 11, 0, 0, 0, time.UTC)
+	msgs := w.Notifications(from, from.Add(2*time.Hour), "http://127.0.0.1/image")
+	if len(msgs) < 20 {
+		t.Fatalf("only %d notifications: the test would prove little", len(msgs))
+	}
+	seen := map[string]string{}
+	for _, n := range msgs {
+		body, err := n.Envelope()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var env struct {
+			Msg string `json:"oslo.message"`
+		}
+		var inner struct {
+			ID string `json:"message_id"`
+		}
+		if err := json.Unmarshal(body, &env); err != nil || json.Unmarshal([]byte(env.Msg), &inner) != nil {
+			t.Fatalf("envelope %s: %v", body, err)
+		}
+		if prev, ok := seen[inner.ID]; ok && prev != env.Msg {
+			t.Fatalf("message id %s shared by two different messages", inner.ID)
+		}
+		seen[inner.ID] = env.Msg
+	}
+}
