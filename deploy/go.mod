@@ -5,12 +5,16 @@ go 1.26.0
 require github.com/tally-accounting/tally/services/tally v0.0.0
 
 require (
+	github.com/dustin/go-humanize v1.1.0 // indirect
 	github.com/gophercloud/gophercloud/v2 v2.15.0 // indirect
 	github.com/json-iterator/go v1.1.12 // indirect
+	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/mitchellh/colorstring v0.0.0-20190213212951-d06e56a500db // indirect
 	github.com/modern-go/concurrent v0.0.0-20180306012644-bacd9c7ef1dd // indirect
 	github.com/modern-go/reflect2 v1.0.2 // indirect
+	github.com/ncruces/go-strftime v1.1.0 // indirect
 	github.com/rabbitmq/amqp091-go v1.16.0 // indirect
+	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
 	github.com/rivo/uniseg v0.4.7 // indirect
 	github.com/schollz/progressbar/v3 v3.19.1 // indirect
 	github.com/tally-accounting/tally/services/extractor-cinder v0.0.0 // indirect
@@ -19,9 +23,14 @@ require (
 	github.com/tally-accounting/tally/services/extractor-nova v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/messenger-logstash v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/messenger-ssm v0.0.0 // indirect
-	github.com/tally-accounting/tally/services/sim v0.0.0-00010101000000-000000000000 // indirect
+	github.com/tally-accounting/tally/services/sim v0.0.0 // indirect
+	github.com/tally-accounting/tally/services/verifier v0.0.0-00010101000000-000000000000 // indirect
 	golang.org/x/term v0.47.0 // indirect
 	gopkg.in/yaml.v2 v2.4.0 // indirect
+	modernc.org/libc v1.80.1 // indirect
+	modernc.org/mathutil v1.7.1 // indirect
+	modernc.org/memory v1.12.1 // indirect
+	modernc.org/sqlite v1.62.0 // indirect
 )
 
 require (
@@ -100,3 +109,5 @@ replace github.com/tally-accounting/tally/services/extractor-neutron => ../servi
 replace github.com/tally-accounting/tally/services/messenger-logstash => ../services/messenger-logstash
 
 replace github.com/tally-accounting/tally/services/extractor-energy => ../services/extractor-energy
+
+replace github.com/tally-accounting/tally/services/verifier => ../services/verifier

@@ -22,6 +22,8 @@ import (
 	nova "github.com/tally-accounting/tally/services/extractor-nova"
 	logstash "github.com/tally-accounting/tally/services/messenger-logstash"
 	ssm "github.com/tally-accounting/tally/services/messenger-ssm"
+	"github.com/tally-accounting/tally/services/verifier"
+	"github.com/tally-accounting/tally/services/verifier/bridge"
 )
 
 // Default listen addresses; README "Ports" lists them.
@@ -52,6 +54,22 @@ type Config struct {
 	Extractors Extractors           `yaml:"extractors"`
 	Enricher   enricher.Config      `yaml:"enricher"`
 	Messengers Messengers           `yaml:"messengers"`
+	// NotifyBridge and Verifier are StackTach's usage verification; off
+	// by default (they need the cloud's RabbitMQ).
+	NotifyBridge BridgeConfig   `yaml:"notify_bridge"`
+	Verifier     VerifierConfig `yaml:"verifier"`
+}
+
+// BridgeConfig is notify-bridge's section.
+type BridgeConfig struct {
+	Enabled       bool `yaml:"enabled"`
+	bridge.Config `yaml:",inline"`
+}
+
+// VerifierConfig is the verifier's section (StackTach's key names).
+type VerifierConfig struct {
+	Enabled         bool `yaml:"enabled"`
+	verifier.Config `yaml:",inline"`
 }
 
 // Extractors configures each extractor service.
@@ -142,13 +160,22 @@ func DefaultConfig() Config {
 			Neutron: ExtractorConfig{Config: extract.DefaultConfig()},
 			Energy:  EnergyConfig{Config: energy.DefaultConfig()},
 		},
-		Enricher: enricher.DefaultConfig(),
+		Enricher:     enricher.DefaultConfig(),
+		NotifyBridge: BridgeConfig{Config: bridge.DefaultConfig()},
+		Verifier:     VerifierConfig{Config: verifierDefaults()},
 		Messengers: Messengers{
 			Noop:     MessengerConfig{Listen: DefaultNoopListen},
 			SSM:      SSMConfig{Enabled: true, Listen: DefaultSSMListen, Config: ssmDefaults()},
 			Logstash: LogstashConfig{Listen: DefaultLogstashListen, Config: logstash.DefaultConfig()},
 		},
 	}
+}
+
+// verifierDefaults leaves the store empty: it follows data_dir unless set.
+func verifierDefaults() verifier.Config {
+	c := verifier.DefaultConfig()
+	c.Store.Path = ""
+	return c
 }
 
 // ssmDefaults leaves the spool empty: it follows data_dir unless set.
@@ -162,6 +189,9 @@ func ssmDefaults() ssm.Config {
 func (c *Config) derive() {
 	if c.Messengers.SSM.Spool == "" {
 		c.Messengers.SSM.Spool = filepath.Join(c.DataDir, "spool", "ssm")
+	}
+	if c.Verifier.Store.Path == "" {
+		c.Verifier.Store.Path = filepath.Join(c.DataDir, "verifier.db")
 	}
 	if c.Messengers.Logstash.BufferDir == "" {
 		c.Messengers.Logstash.BufferDir = filepath.Join(c.DataDir, "logstash-buffer")
@@ -225,6 +255,16 @@ func (c *Config) Validate() error {
 	if c.Extractors.Nova.Enabled {
 		if err := c.Extractors.Nova.Config.Validate(); err != nil {
 			return config.Prefix("extractors.nova", err)
+		}
+	}
+	if c.NotifyBridge.Enabled {
+		if err := c.NotifyBridge.Config.Validate(); err != nil {
+			return config.Prefix("notify_bridge", err)
+		}
+	}
+	if c.Verifier.Enabled {
+		if err := c.Verifier.Config.Validate(); err != nil {
+			return config.Prefix("verifier", err)
 		}
 	}
 	if c.Extractors.Energy.Enabled {

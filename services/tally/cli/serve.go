@@ -32,6 +32,8 @@ import (
 	nova "github.com/tally-accounting/tally/services/extractor-nova"
 	logstash "github.com/tally-accounting/tally/services/messenger-logstash"
 	ssm "github.com/tally-accounting/tally/services/messenger-ssm"
+	"github.com/tally-accounting/tally/services/verifier"
+	"github.com/tally-accounting/tally/services/verifier/bridge"
 )
 
 // Targets a service process can run; "all" runs every one that is enabled.
@@ -46,6 +48,8 @@ const (
 	TargetExtractorCinder   = cinder.Name
 	TargetExtractorNeutron  = neutron.Name
 	TargetExtractorEnergy   = energy.Name
+	TargetNotifyBridge      = bridge.Name
+	TargetVerifier          = verifier.Name
 )
 
 // Targets lists the names --target accepts besides "all", in start order:
@@ -53,7 +57,8 @@ const (
 // the extractors that feed it.
 func Targets() []string {
 	return []string{TargetAPI, TargetMessengerNoop, TargetMessengerSSM, TargetMessengerLogstash, TargetEnricher,
-		TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron, TargetExtractorEnergy}
+		TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron, TargetExtractorEnergy,
+		TargetVerifier, TargetNotifyBridge}
 }
 
 // isExtractor reports whether target is an extractor.
@@ -89,6 +94,12 @@ func enabledTargets(cfg *Config) []string {
 	}
 	if cfg.Extractors.Energy.Enabled {
 		out = append(out, TargetExtractorEnergy)
+	}
+	if cfg.Verifier.Enabled {
+		out = append(out, TargetVerifier)
+	}
+	if cfg.NotifyBridge.Enabled {
+		out = append(out, TargetNotifyBridge)
 	}
 	return out
 }
@@ -243,7 +254,9 @@ func traceServiceName(targets []string) string {
 
 // needsBus reports whether a target uses NATS; a messenger or the API alone
 // does not.
-func needsBus(target string) bool { return target == TargetEnricher || isExtractor(target) }
+func needsBus(target string) bool {
+	return target == TargetEnricher || isExtractor(target) || target == TargetVerifier || target == TargetNotifyBridge
+}
 
 func natsDescription(cfg *Config) string {
 	if cfg.NATS.URL == "" {
@@ -334,6 +347,10 @@ func newProcess(cfg *Config, targets []string, env Env, tel *telemetry.Telemetry
 			// The buffer opens first and, stopped last, flushes to Logstash.
 			services = append(services, ls, ledger, srv)
 			messengerTargets = append(messengerTargets, enricher.Target{Name: "logstash", Addr: srv.Addr})
+		case TargetVerifier:
+			services = append(services, verifier.New(cfg.Verifier.Config, p.busSvc.Bus, m, logger))
+		case TargetNotifyBridge:
+			services = append(services, bridge.New(cfg.NotifyBridge.Config, p.busSvc.Bus, m, logger))
 		case TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron, TargetExtractorEnergy:
 			src, ec := cfg.source(t, logger)
 			services = append(services, extract.NewService(src, ec, cfg.Auth(env.getenv), p.busSvc.Bus, m, logger))

@@ -1,0 +1,171 @@
+package verifier
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tally-accounting/tally/pkg/bus"
+	"github.com/tally-accounting/tally/pkg/bus/bustest"
+	"github.com/tally-accounting/tally/services/verifier/bridge"
+	"github.com/tally-accounting/tally/services/verifier/internal/rabbittest"
+)
+
+// benchNotification is a legacy Nova notification in the v2 envelope, the
+// size of the recorded ones.
+func benchNotification(i int, eventType string, launched time.Time) []byte {
+	id := fmt.Sprintf("%08x-0000-4000-8000-%012x", i/2, i/2)
+	payload := map[string]any{"tenant_id": "c9a9ee822ef148159e0fc394466a970e", "instance_id": id,
+		"instance_type": "m1.plain", "instance_type_id": 1, "instance_flavor_id": "1ccc9366-063c-4f4f-b477-a794abc91618",
+		"launched_at": launched.Format("2006-01-02T15:04:05.000000"), "deleted_at": "", "terminated_at": "",
+		"memory_mb": 512, "vcpus": 1, "root_gb": 1, "host": "compute1", "state": "active", "display_name": "vm-" + id,
+		"image_meta": map[string]string{"base_image_ref": "ded715ba-9c11-4878-97fc-1e833382c15b", "min_disk": "1"},
+		"metadata":   map[string]string{"purpose": "bench"}}
+	if eventType == "compute.instance.exists" {
+		payload["audit_period_beginning"] = "2026-11-23 11:00:00"
+		payload["audit_period_ending"] = "2026-11-23 12:00:00"
+	}
+	inner, _ := json.Marshal(map[string]any{"message_id": fmt.Sprintf("bench-%d", i), "publisher_id": "compute.compute1",
+		"event_type": eventType, "priority": "INFO", "payload": payload, "timestamp": "2026-11-23 12:00:16.000000",
+		"_context_request_id": "req-" + id, "_context_project_id": "c9a9ee822ef148159e0fc394466a970e"})
+	b, _ := json.Marshal(map[string]string{"oslo.version": "2.0", "oslo.message": string(inner)})
+	return b
+}
+
+// BenchmarkBridgeToVerifier sends TALLY_BENCH_NOTIFICATIONS (default
+// 20000) notifications, half create.end and half exists, through RabbitMQ,
+// notify-bridge, JetStream and the verifier, and reports notifications per
+// second until the last exists is verified.
+func BenchmarkBridgeToVerifier(b *testing.B) {
+	n := 20000
+	if s := os.Getenv("TALLY_BENCH_NOTIFICATIONS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	for b.Loop() {
+		runBench(b, n)
+	}
+}
+
+func runBench(b *testing.B, n int) {
+	broker := rabbittest.Connect(b)
+	bs, _ := bustest.Start(b, nil)
+	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	exchange := broker.Prefix + ".nova"
+	bcfg := bridge.DefaultConfig()
+	bcfg.Topics = map[string][]bridge.Binding{exchange: {{Queue: broker.Prefix + ".q", RoutingKey: "notifications.info", Service: "nova"}}}
+	broker.Track([]string{exchange}, []string{broker.Prefix + ".q"})
+	br := bridge.New(bcfg, func() *bus.Bus { return bs }, nil, logger)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := br.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	bdone := make(chan error, 1)
+	go func() { bdone <- br.Run(ctx) }()
+
+	vcfg := DefaultConfig()
+	vcfg.TickTime, vcfg.PoolSize = 0.2, 4
+	vcfg.Store.Path = b.TempDir() + "/bench.db"
+	// Verification waits until everything is ingested, as settle_time
+	// makes it wait in production; the clock then jumps past the settle.
+	var settled atomic.Bool
+	v := New(vcfg, func() *bus.Bus { return bs }, nil, logger, WithClock(func() time.Time {
+		if settled.Load() {
+			return time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)
+		}
+		return time.Date(2026, 11, 23, 11, 0, 0, 0, time.UTC)
+	}))
+	if err := v.Start(ctx); err != nil {
+		b.Fatal(err)
+	}
+	vdone := make(chan error, 1)
+	go func() { vdone <- v.Run(ctx) }()
+	defer func() {
+		cancel()
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		_ = br.Stop(sctx)
+		_ = v.Stop(sctx)
+		<-bdone
+		<-vdone
+	}()
+
+	launched := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before := ms.TotalAlloc
+	start := time.Now()
+	for i := range n {
+		ev := "compute.instance.create.end"
+		if i%2 == 1 {
+			ev = "compute.instance.exists"
+		}
+		broker.Publish(exchange, "notifications.info", benchNotification(i, ev, launched))
+	}
+	published := time.Since(start)
+	deadline := time.Now().Add(5 * time.Minute)
+	stream, err := bs.JS.Stream(ctx, bus.NotificationsStream)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for {
+		info, err := stream.Info(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if info.State.Msgs == uint64(n) {
+			c, err := bs.JS.Consumer(ctx, bus.NotificationsStream, Durable)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ci, err := c.Info(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if ci.NumPending == 0 && ci.NumAckPending == 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("%d of %d notifications on the bus", info.State.Msgs, n)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	ingested := time.Since(start)
+	settled.Store(true)
+	for {
+		counts, _, err := v.Store().CountExists(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if counts[StatusPending]+counts[StatusVerifying] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("exists still pending: %v", counts)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	took := time.Since(start)
+	counts, _, err := v.Store().CountExists(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if counts[StatusVerified] != n/2 {
+		b.Errorf("%d of %d exists verified: %v", counts[StatusVerified], n/2, counts)
+	}
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(n)/took.Seconds(), "notifications/s")
+	b.ReportMetric(float64(ms.TotalAlloc-before)/float64(n), "B/notification")
+	b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heapMiB")
+	b.Logf("%d notifications: published to RabbitMQ in %s, all in the verifier's store after %s (%.0f/s), %d exists verified after %s",
+		n, published.Round(time.Millisecond), ingested.Round(time.Millisecond), float64(n)/ingested.Seconds(), counts[StatusVerified], took.Round(time.Millisecond))
+}

@@ -1,0 +1,44 @@
+// Package verifier is tally's usage verification, StackTach's verifier
+// rebuilt (shared/docs/stacktach-verification.md): it tracks every instance
+// and image through the lifecycle notifications notify-bridge (package
+// bridge) puts on the bus, and checks each periodic exists notification
+// against that state once it has settled. Every exists ends verified or
+// failed with the field, the expected and the actual value.
+//
+// Configuration (StackTach's key names; the defaults are its sample's):
+//
+//	verifier:
+//	  tick_time: 30            # seconds between passes
+//	  settle_time: 5           # verify an exists once its audit period
+//	  settle_units: minutes    #   ended this long ago
+//	  pool_size: 2             # verification workers
+//	  batchsize: 1000
+//	  validation_level: basic  # none | basic | all
+//	  flavor_field_name: instance_flavor_id   # or instance_type_id
+//	  required_image_meta: []  # for all: os_architecture, os_distro, os_version, rax_options
+//	  enable_notifications: false
+//	  nova_event_type: compute.instance.exists.verified
+//	  glance_event_type: image.exists.verified
+//	  rabbit: {host: 127.0.0.1, port: 5672, userid: guest, password: guest, virtual_host: /,
+//	           topics: {nova: [notifications.info], glance: [notifications.info]}}
+//	  store: {driver: sqlite, path: var/verifier.db}
+//
+// Where tally differs from StackTach, on purpose:
+//
+//   - the oslo.messaging v2 envelope and versioned (nova_object) payloads are
+//     read, as well as the flat v1 body;
+//   - usage is keyed by (instance, launched_at to the second), not by request
+//     id, and merged by event time, so the legacy and versioned copies of an
+//     event, retries and out-of-order delivery give the same state;
+//   - an exists with no launched_at is kept and failed (StackTach dropped it
+//     at ingest with a warning), naming the launch it should have carried;
+//   - the flavor name (instance_type) is compared as well as the configured
+//     flavor field, so a changed flavor is caught whichever id is compared;
+//   - deleted_at is terminated_at, else deleted_at, on both the delete and
+//     the exists, so the two are compared like with like;
+//   - glance validity checks follow validation_level, and a missing delete
+//     is a failure with a reason, not an AttributeError;
+//   - exists left verifying by a crash are put back to pending at start, for
+//     images too; the bus message is acked only once its effect is
+//     committed (StackTach acked first).
+package verifier

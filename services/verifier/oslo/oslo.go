@@ -1,0 +1,131 @@
+// Package oslo decodes the oslo.messaging notification envelope, shared by
+// notify-bridge (which only needs the id and the event type) and the
+// verifier (which reads the payload).
+package oslo
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Message is one notification: the oslo.messaging v2 envelope unwrapped, or
+// the flat v1 (rpc_notifier) body StackTach expected.
+type Message struct {
+	MessageID   string          `json:"message_id"`
+	EventType   string          `json:"event_type"`
+	PublisherID string          `json:"publisher_id"`
+	Priority    string          `json:"priority"`
+	Timestamp   string          `json:"timestamp"`
+	Payload     json.RawMessage `json:"payload"`
+	// Context fields StackTach falls back on.
+	ContextTimestamp string `json:"_context_timestamp"`
+	ContextRequestID string `json:"_context_request_id"`
+	ContextProjectID string `json:"_context_project_id"`
+	// V2 reports the oslo.messaging v2 envelope.
+	V2 bool `json:"-"`
+}
+
+// ErrMalformed wraps every reason a body is not a notification.
+var ErrMalformed = errors.New("malformed notification")
+
+func malformed(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrMalformed, fmt.Sprintf(format, args...))
+}
+
+// Parse decodes body. A v2 envelope ({"oslo.version", "oslo.message": "<JSON
+// string>"}) is unwrapped; a flat v1 body is accepted as it is. The message
+// must have an event_type.
+func Parse(body []byte) (*Message, error) {
+	var env struct {
+		Version *string `json:"oslo.version"`
+		Message *string `json:"oslo.message"`
+	}
+	if err := json.Unmarshal(body, &env); err != nil {
+		return nil, malformed("not a JSON object: %v", err)
+	}
+	inner := body
+	v2 := false
+	switch {
+	case env.Version != nil || env.Message != nil:
+		if env.Version == nil || !strings.HasPrefix(*env.Version, "2.") {
+			return nil, malformed("oslo.version is %s, want 2.x", quoteOrMissing(env.Version))
+		}
+		if env.Message == nil {
+			return nil, malformed("oslo.version %s envelope without oslo.message", *env.Version)
+		}
+		inner, v2 = []byte(*env.Message), true
+	}
+	var m Message
+	if err := json.Unmarshal(inner, &m); err != nil {
+		if v2 {
+			return nil, malformed("oslo.message is not a JSON object: %v", err)
+		}
+		return nil, malformed("not a notification: %v", err)
+	}
+	if m.EventType == "" {
+		return nil, malformed("no event_type")
+	}
+	m.V2 = v2
+	return &m, nil
+}
+
+func quoteOrMissing(s *string) string {
+	if s == nil {
+		return "missing"
+	}
+	return fmt.Sprintf("%q", *s)
+}
+
+// When is the notification time: timestamp, else _context_timestamp (as
+// StackTach); zero when neither parses.
+func (m *Message) When() time.Time {
+	if t, err := ParseTime(m.Timestamp); err == nil && !t.IsZero() {
+		return t
+	}
+	t, _ := ParseTime(m.ContextTimestamp)
+	return t
+}
+
+var layouts = []string{
+	time.RFC3339Nano,
+	"2006-01-02T15:04:05.999999999",
+	"2006-01-02 15:04:05.999999999",
+	"2006-01-02 15:04:05.999999999Z07:00",
+	"2006-01-02T15:04:05.999999999Z07:00",
+	"2006-01-02 15:04:05Z",
+}
+
+// ParseTime reads the time formats OpenStack services put in notifications
+// (naive times are UTC). An empty string is the zero time and no error;
+// StackTach printed "Bad DATE" and went on with None, we report the error.
+func ParseTime(s string) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "None" {
+		return time.Time{}, nil
+	}
+	for _, l := range layouts {
+		if t, err := time.Parse(l, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("unparseable time %q", s)
+}
+
+// Key identifies one notification for deduplication: the message_id, plus
+// a digest of the body. A redelivered or re-sent notification has the same
+// bytes, so the same key; two different notifications that share a
+// message_id (the simulator derives ids from the first 16 bytes of the
+// event type, so most of its ids collide) keep different keys instead of
+// one silently replacing the other.
+func Key(m *Message, body []byte) string {
+	sum := sha256.Sum256(body)
+	if m == nil || m.MessageID == "" {
+		return "sha256:" + hex.EncodeToString(sum[:])
+	}
+	return m.MessageID + "." + hex.EncodeToString(sum[:8])
+}

@@ -1,0 +1,62 @@
+package oslo
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestParse(t *testing.T) {
+	tests := []struct {
+		name    string
+		body    string
+		wantID  string
+		wantEv  string
+		wantV2  bool
+		wantErr bool
+	}{
+		{name: "v2", body: `{"oslo.version":"2.0","oslo.message":"{\"message_id\":\"a\",\"event_type\":\"compute.instance.exists\"}"}`, wantID: "a", wantEv: "compute.instance.exists", wantV2: true},
+		{name: "v1 flat", body: `{"message_id":"b","event_type":"image.exists","payload":{}}`, wantID: "b", wantEv: "image.exists"},
+		{name: "not json", body: `hello`, wantErr: true},
+		{name: "array", body: `[1,2]`, wantErr: true},
+		{name: "no event_type", body: `{"message_id":"c"}`, wantErr: true},
+		{name: "v2 without message", body: `{"oslo.version":"2.0"}`, wantErr: true},
+		{name: "v2 message not json", body: `{"oslo.version":"2.0","oslo.message":"x"}`, wantErr: true},
+		{name: "v2 no event_type", body: `{"oslo.version":"2.0","oslo.message":"{\"message_id\":\"a\"}"}`, wantErr: true},
+		{name: "unknown version", body: `{"oslo.version":"3.0","oslo.message":"{}"}`, wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := Parse([]byte(tt.body))
+			if tt.wantErr {
+				if !errors.Is(err, ErrMalformed) {
+					t.Fatalf("err = %v, want ErrMalformed", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if m.MessageID != tt.wantID || m.EventType != tt.wantEv || m.V2 != tt.wantV2 {
+				t.Errorf("got %q %q v2=%v", m.MessageID, m.EventType, m.V2)
+			}
+		})
+	}
+}
+
+func TestParseTime(t *testing.T) {
+	want := time.Date(2026, 11, 23, 11, 56, 52, 299082000, time.UTC)
+	for _, s := range []string{"2026-11-23T11:56:52.299082", "2026-11-23 11:56:52.299082", "2026-11-23T11:56:52.299082Z",
+		"2026-11-23 11:56:52.299082+00:00", "2026-11-23T12:56:52.299082+01:00"} {
+		got, err := ParseTime(s)
+		if err != nil || !got.Equal(want) {
+			t.Errorf("ParseTime(%q) = %v, %v", s, got, err)
+		}
+	}
+	if got, err := ParseTime(""); err != nil || !got.IsZero() {
+		t.Errorf("empty: %v %v", got, err)
+	}
+	if _, err := ParseTime("yesterday"); err == nil {
+		t.Error("no error for garbage")
+	}
+}

@@ -1,0 +1,622 @@
+package verifier
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	_ "modernc.org/sqlite" // the pure-Go driver "sqlite": no cgo in tally's images
+)
+
+// SQLiteStore is the Store in one SQLite file. Times are unix microseconds,
+// 0 for none.
+//
+// Every write goes through one committer goroutine that puts the writes
+// waiting at that moment into one transaction (group commit): SQLite has one
+// writer anyway, and a commit per notification capped ingest at about a
+// thousand a second. Each caller still waits for its own commit, so the bus
+// message is acked only once its effect is durable.
+type SQLiteStore struct {
+	db   *sql.DB
+	ops  chan writeOp
+	quit chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
+}
+
+type writeOp struct {
+	ctx  context.Context
+	fn   func(context.Context, *sql.Tx) error
+	done chan error
+}
+
+// maxGroup bounds the writes committed together.
+const maxGroup = 512
+
+var errClosed = errors.New("verifier store is closed")
+
+const schema = `
+CREATE TABLE IF NOT EXISTS instance_usage (
+	instance TEXT NOT NULL, launched_sec INTEGER NOT NULL, launched_at INTEGER NOT NULL,
+	tenant TEXT NOT NULL, instance_type_id TEXT NOT NULL, instance_flavor_id TEXT NOT NULL, flavor_name TEXT NOT NULL,
+	os_architecture TEXT NOT NULL, os_distro TEXT NOT NULL, os_version TEXT NOT NULL, rax_options TEXT NOT NULL,
+	image_type TEXT NOT NULL, updated INTEGER NOT NULL,
+	PRIMARY KEY (instance, launched_sec));
+CREATE TABLE IF NOT EXISTS instance_deletes (
+	instance TEXT NOT NULL, launched_sec INTEGER NOT NULL, launched_at INTEGER NOT NULL, deleted_at INTEGER NOT NULL,
+	PRIMARY KEY (instance, launched_sec));
+CREATE TABLE IF NOT EXISTS instance_exists (
+	id INTEGER PRIMARY KEY, msg_key TEXT NOT NULL UNIQUE, message_id TEXT NOT NULL, event_type TEXT NOT NULL, versioned INTEGER NOT NULL,
+	instance TEXT NOT NULL, launched_at INTEGER NOT NULL, deleted_at INTEGER NOT NULL,
+	audit_begin INTEGER NOT NULL, audit_end INTEGER NOT NULL,
+	tenant TEXT NOT NULL, instance_type_id TEXT NOT NULL, instance_flavor_id TEXT NOT NULL, flavor_name TEXT NOT NULL,
+	os_architecture TEXT NOT NULL, os_distro TEXT NOT NULL, os_version TEXT NOT NULL, rax_options TEXT NOT NULL,
+	image_type TEXT NOT NULL, bandwidth INTEGER NOT NULL, invalid TEXT NOT NULL, received INTEGER NOT NULL,
+	status TEXT NOT NULL, fail_field TEXT, fail_expected TEXT, fail_actual TEXT, fail_reason TEXT,
+	routing_key TEXT NOT NULL, raw BLOB);
+CREATE INDEX IF NOT EXISTS instance_exists_pending ON instance_exists (status, audit_end);
+CREATE INDEX IF NOT EXISTS instance_exists_instance ON instance_exists (instance);
+CREATE TABLE IF NOT EXISTS image_usage (
+	uuid TEXT PRIMARY KEY, owner TEXT NOT NULL, size INTEGER NOT NULL, has_size INTEGER NOT NULL,
+	created_at INTEGER NOT NULL, updated INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS image_deletes (uuid TEXT PRIMARY KEY, deleted_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS image_exists (
+	id INTEGER PRIMARY KEY, msg_key TEXT NOT NULL, message_id TEXT NOT NULL, uuid TEXT NOT NULL, owner TEXT NOT NULL,
+	size INTEGER NOT NULL, has_size INTEGER NOT NULL, created_at INTEGER NOT NULL, deleted_at INTEGER NOT NULL,
+	audit_begin INTEGER NOT NULL, audit_end INTEGER NOT NULL, received INTEGER NOT NULL,
+	status TEXT NOT NULL, fail_field TEXT, fail_expected TEXT, fail_actual TEXT, fail_reason TEXT,
+	routing_key TEXT NOT NULL, raw BLOB, UNIQUE (msg_key, uuid));
+CREATE INDEX IF NOT EXISTS image_exists_pending ON image_exists (status, audit_end);
+`
+
+// OpenSQLite opens (creating) the database at path.
+func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
+	if dir := filepath.Dir(path); dir != "" {
+		if err := os.MkdirAll(dir, 0o750); err != nil {
+			return nil, fmt.Errorf("store directory: %w", err)
+		}
+	}
+	// A plain file name, not a file: URI, so that '#' or '%' in the path
+	// are not read as URI syntax (a '#' cut the name short: two stores
+	// shared one file). modernc splits its parameters at the first '?'.
+	if strings.Contains(path, "?") {
+		return nil, fmt.Errorf("store path %q: '?' is not allowed in a SQLite path", path)
+	}
+	dsn := path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(10000)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	// Readers run beside the committer (WAL); writes are all the
+	// committer's, so read-modify-write merges need no locking and hit no
+	// SQLITE_BUSY.
+	db.SetMaxOpenConns(4)
+	if _, err := db.ExecContext(ctx, schema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("create schema in %s: %w", path, err)
+	}
+	s := &SQLiteStore{db: db, ops: make(chan writeOp), quit: make(chan struct{})}
+	s.wg.Go(s.committer)
+	return s, nil
+}
+
+// Close implements Store: it stops the committer, then closes the database.
+func (s *SQLiteStore) Close() error {
+	s.once.Do(func() { close(s.quit) })
+	s.wg.Wait()
+	return s.db.Close()
+}
+
+// write runs fn in the next group transaction and waits for its commit.
+func (s *SQLiteStore) write(ctx context.Context, fn func(context.Context, *sql.Tx) error) error {
+	op := writeOp{ctx: ctx, fn: fn, done: make(chan error, 1)}
+	select {
+	case s.ops <- op:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.quit:
+		return errClosed
+	}
+	// Once handed over, the op is committed or fails: wait for which, so
+	// that a caller never acks a write that was not made.
+	return <-op.done
+}
+
+func (s *SQLiteStore) committer() {
+	for {
+		var group []writeOp
+		select {
+		case op := <-s.ops:
+			group = append(group, op)
+		case <-s.quit:
+			return
+		}
+	gather:
+		for len(group) < maxGroup {
+			select {
+			case op := <-s.ops:
+				group = append(group, op)
+			default:
+				break gather
+			}
+		}
+		s.commit(group)
+	}
+}
+
+// commit runs a group in one transaction. A failing statement is rolled
+// back by SQLite on its own and fails only its op; a failed commit fails
+// them all.
+func (s *SQLiteStore) commit(group []writeOp) {
+	ctx := context.Background()
+	errs := make([]error, len(group))
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err == nil {
+		for i, op := range group {
+			if errs[i] = op.ctx.Err(); errs[i] == nil {
+				errs[i] = op.fn(context.WithoutCancel(op.ctx), tx)
+			}
+		}
+		if err = tx.Commit(); err != nil {
+			err = fmt.Errorf("commit: %w", err)
+		}
+	} else {
+		err = fmt.Errorf("begin: %w", err)
+	}
+	for i, op := range group {
+		if err != nil {
+			errs[i] = err
+		}
+		op.done <- errs[i]
+	}
+}
+
+func micro(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixMicro()
+}
+
+func fromMicro(v int64) time.Time {
+	if v == 0 {
+		return time.Time{}
+	}
+	return time.UnixMicro(v).UTC()
+}
+
+func sec(t time.Time) int64 { return t.Unix() }
+
+const usageCols = `instance, launched_at, tenant, instance_type_id, instance_flavor_id, flavor_name,
+	os_architecture, os_distro, os_version, rax_options, image_type, updated`
+
+type scanner interface{ Scan(...any) error }
+
+func scanUsage(r scanner) (InstanceUsage, error) {
+	var u InstanceUsage
+	var launched, updated int64
+	err := r.Scan(&u.Instance, &launched, &u.Tenant, &u.InstanceTypeID, &u.InstanceFlavorID, &u.FlavorName,
+		&u.OSArchitecture, &u.OSDistro, &u.OSVersion, &u.RaxOptions, &u.ImageType, &updated)
+	u.LaunchedAt, u.Updated = fromMicro(launched), fromMicro(updated)
+	return u, err
+}
+
+// exec runs one statement in the next group transaction.
+func (s *SQLiteStore) exec(ctx context.Context, query string, args ...any) error {
+	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, query, args...)
+		return err
+	})
+}
+
+// ApplyUsage implements Store.
+func (s *SQLiteStore) ApplyUsage(ctx context.Context, ev InstanceUsage, overwrite bool) error {
+	if ev.LaunchedAt.IsZero() {
+		return errors.New("apply usage: no launched_at")
+	}
+	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		old, err := scanUsage(tx.QueryRowContext(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE instance = ? AND launched_sec = ?`,
+			ev.Instance, sec(ev.LaunchedAt)))
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			old = InstanceUsage{}
+		case err != nil:
+			return fmt.Errorf("read launch %s: %w", ev.Instance, err)
+		}
+		u := mergeUsage(old, ev, overwrite)
+		_, err = tx.ExecContext(ctx, `INSERT OR REPLACE INTO instance_usage (launched_sec, `+usageCols+`)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, sec(u.LaunchedAt), u.Instance, micro(u.LaunchedAt), u.Tenant,
+			u.InstanceTypeID, u.InstanceFlavorID, u.FlavorName, u.OSArchitecture, u.OSDistro, u.OSVersion, u.RaxOptions,
+			u.ImageType, micro(u.Updated))
+		if err != nil {
+			return fmt.Errorf("write launch %s: %w", ev.Instance, err)
+		}
+		return nil
+	})
+}
+
+// AddDelete implements Store; the first delete of a launch is kept
+// (StackTach's get_or_create).
+func (s *SQLiteStore) AddDelete(ctx context.Context, d InstanceDelete) error {
+	err := s.exec(ctx, `INSERT OR IGNORE INTO instance_deletes (instance, launched_sec, launched_at, deleted_at)
+		VALUES (?, ?, ?, ?)`, d.Instance, sec(d.LaunchedAt), micro(d.LaunchedAt), micro(d.DeletedAt))
+	if err != nil {
+		return fmt.Errorf("add delete %s: %w", d.Instance, err)
+	}
+	return nil
+}
+
+// Launches implements Store.
+func (s *SQLiteStore) Launches(ctx context.Context, instance string) ([]InstanceUsage, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE instance = ? ORDER BY launched_sec`, instance)
+	if err != nil {
+		return nil, fmt.Errorf("launches of %s: %w", instance, err)
+	}
+	defer rows.Close()
+	var out []InstanceUsage
+	for rows.Next() {
+		u, err := scanUsage(rows)
+		if err != nil {
+			return nil, fmt.Errorf("launches of %s: %w", instance, err)
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// Deletes implements Store.
+func (s *SQLiteStore) Deletes(ctx context.Context, instance string) ([]InstanceDelete, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT launched_at, deleted_at FROM instance_deletes WHERE instance = ? ORDER BY launched_sec`, instance)
+	if err != nil {
+		return nil, fmt.Errorf("deletes of %s: %w", instance, err)
+	}
+	defer rows.Close()
+	var out []InstanceDelete
+	for rows.Next() {
+		var l, d int64
+		if err := rows.Scan(&l, &d); err != nil {
+			return nil, fmt.Errorf("deletes of %s: %w", instance, err)
+		}
+		out = append(out, InstanceDelete{Instance: instance, LaunchedAt: fromMicro(l), DeletedAt: fromMicro(d)})
+	}
+	return out, rows.Err()
+}
+
+const existsCols = `id, msg_key, message_id, event_type, versioned, instance, launched_at, deleted_at, audit_begin, audit_end,
+	tenant, instance_type_id, instance_flavor_id, flavor_name, os_architecture, os_distro, os_version, rax_options,
+	image_type, bandwidth, invalid, received, status, fail_field, fail_expected, fail_actual, fail_reason, routing_key, raw`
+
+// AddInstanceExists implements Store.
+func (s *SQLiteStore) AddInstanceExists(ctx context.Context, e InstanceExists) error {
+	u := e.Usage
+	err := s.exec(ctx, `INSERT OR IGNORE INTO instance_exists (msg_key, message_id, event_type, versioned, instance,
+		launched_at, deleted_at, audit_begin, audit_end, tenant, instance_type_id, instance_flavor_id, flavor_name,
+		os_architecture, os_distro, os_version, rax_options, image_type, bandwidth, invalid, received, status, routing_key, raw)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		e.Key, e.MessageID, e.EventType, e.Versioned, u.Instance, micro(u.LaunchedAt), micro(e.DeletedAt), micro(e.AuditBegin),
+		micro(e.AuditEnd), u.Tenant, u.InstanceTypeID, u.InstanceFlavorID, u.FlavorName, u.OSArchitecture, u.OSDistro,
+		u.OSVersion, u.RaxOptions, u.ImageType, e.Bandwidth, e.Invalid, micro(e.Received), StatusPending, e.RoutingKey, e.Raw)
+	if err != nil {
+		return fmt.Errorf("add exists %s: %w", e.MessageID, err)
+	}
+	return nil
+}
+
+func scanFailure(field, expected, actual, reason sql.NullString) *Failure {
+	if !reason.Valid {
+		return nil
+	}
+	return &Failure{Field: field.String, Expected: expected.String, Actual: actual.String, Reason: reason.String}
+}
+
+func scanExists(r scanner) (InstanceExists, error) {
+	var e InstanceExists
+	var launched, deleted, begin, end, received int64
+	var ff, fe, fa, fr sql.NullString
+	err := r.Scan(&e.ID, &e.Key, &e.MessageID, &e.EventType, &e.Versioned, &e.Usage.Instance, &launched, &deleted, &begin, &end,
+		&e.Usage.Tenant, &e.Usage.InstanceTypeID, &e.Usage.InstanceFlavorID, &e.Usage.FlavorName, &e.Usage.OSArchitecture,
+		&e.Usage.OSDistro, &e.Usage.OSVersion, &e.Usage.RaxOptions, &e.Usage.ImageType, &e.Bandwidth, &e.Invalid,
+		&received, &e.Status, &ff, &fe, &fa, &fr, &e.RoutingKey, &e.Raw)
+	e.Usage.LaunchedAt, e.DeletedAt, e.AuditBegin, e.AuditEnd, e.Received =
+		fromMicro(launched), fromMicro(deleted), fromMicro(begin), fromMicro(end), fromMicro(received)
+	e.Failure = scanFailure(ff, fe, fa, fr)
+	return e, err
+}
+
+func collectRows[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) {
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// ClaimInstanceExists implements Store.
+func (s *SQLiteStore) ClaimInstanceExists(ctx context.Context, endingMax time.Time, limit int) ([]InstanceExists, error) {
+	var out []InstanceExists
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `UPDATE instance_exists SET status = ? WHERE id IN (
+			SELECT id FROM instance_exists WHERE status = ? AND audit_end <= ? ORDER BY id LIMIT ?) RETURNING `+existsCols,
+			StatusVerifying, StatusPending, micro(endingMax), limit)
+		if err != nil {
+			return err
+		}
+		out, err = collectRows(rows, scanExists)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim exists: %w", err)
+	}
+	return out, nil
+}
+
+func failArgs(f *Failure) []any {
+	if f == nil {
+		return []any{nil, nil, nil, nil}
+	}
+	reason := f.Reason
+	if len(reason) > 1000 {
+		reason = reason[:1000]
+	}
+	return []any{f.Field, f.Expected, f.Actual, reason}
+}
+
+// FinishInstanceExists implements Store.
+func (s *SQLiteStore) FinishInstanceExists(ctx context.Context, id int64, status Status, f *Failure) error {
+	args := append([]any{status}, failArgs(f)...)
+	err := s.exec(ctx, `UPDATE instance_exists SET status = ?, fail_field = ?, fail_expected = ?,
+		fail_actual = ?, fail_reason = ? WHERE id = ?`, append(args, id)...)
+	if err != nil {
+		return fmt.Errorf("finish exists %d: %w", id, err)
+	}
+	return nil
+}
+
+func filterSQL(f ExistsFilter, uuidCol string) (string, []any) {
+	var where []string
+	var args []any
+	if f.Status != "" {
+		where, args = append(where, "status = ?"), append(args, f.Status)
+	}
+	if f.UUID != "" {
+		where, args = append(where, uuidCol+" = ?"), append(args, f.UUID)
+	}
+	if len(where) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(where, " AND "), args
+}
+
+// InstanceExistsList implements Store.
+func (s *SQLiteStore) InstanceExistsList(ctx context.Context, f ExistsFilter) ([]InstanceExists, error) {
+	where, args := filterSQL(f, "instance")
+	rows, err := s.db.QueryContext(ctx, `SELECT `+existsCols+` FROM instance_exists`+where+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list exists: %w", err)
+	}
+	return collectRows(rows, scanExists)
+}
+
+// ApplyImageUsage implements Store.
+func (s *SQLiteStore) ApplyImageUsage(ctx context.Context, ev ImageUsage) error {
+	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		old, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageCols+` FROM image_usage WHERE uuid = ?`, ev.UUID))
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			old = ImageUsage{}
+		case err != nil:
+			return fmt.Errorf("read image %s: %w", ev.UUID, err)
+		}
+		u := mergeImage(old, ev)
+		_, err = tx.ExecContext(ctx, `INSERT OR REPLACE INTO image_usage (`+imageCols+`) VALUES (?, ?, ?, ?, ?, ?)`,
+			u.UUID, u.Owner, u.Size, u.HasSize, micro(u.CreatedAt), micro(u.Updated))
+		if err != nil {
+			return fmt.Errorf("write image %s: %w", ev.UUID, err)
+		}
+		return nil
+	})
+}
+
+const imageCols = `uuid, owner, size, has_size, created_at, updated`
+
+func scanImage(r scanner) (ImageUsage, error) {
+	var u ImageUsage
+	var created, updated int64
+	err := r.Scan(&u.UUID, &u.Owner, &u.Size, &u.HasSize, &created, &updated)
+	u.CreatedAt, u.Updated = fromMicro(created), fromMicro(updated)
+	return u, err
+}
+
+// AddImageDelete implements Store.
+func (s *SQLiteStore) AddImageDelete(ctx context.Context, d ImageDelete) error {
+	err := s.exec(ctx, `INSERT OR IGNORE INTO image_deletes (uuid, deleted_at) VALUES (?, ?)`, d.UUID, micro(d.DeletedAt))
+	if err != nil {
+		return fmt.Errorf("add image delete %s: %w", d.UUID, err)
+	}
+	return nil
+}
+
+// ImageUsage implements Store; nil when the image is unknown.
+func (s *SQLiteStore) ImageUsage(ctx context.Context, uuid string) (*ImageUsage, error) {
+	u, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageCols+` FROM image_usage WHERE uuid = ?`, uuid))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", uuid, err)
+	}
+	return &u, nil
+}
+
+// ImageDeletes implements Store.
+func (s *SQLiteStore) ImageDeletes(ctx context.Context, uuid string) ([]ImageDelete, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT uuid, deleted_at FROM image_deletes WHERE uuid = ?`, uuid)
+	if err != nil {
+		return nil, fmt.Errorf("image deletes %s: %w", uuid, err)
+	}
+	return collectRows(rows, func(r scanner) (ImageDelete, error) {
+		var d ImageDelete
+		var at int64
+		err := r.Scan(&d.UUID, &at)
+		d.DeletedAt = fromMicro(at)
+		return d, err
+	})
+}
+
+const imageExistsCols = `id, msg_key, message_id, uuid, owner, size, has_size, created_at, deleted_at, audit_begin, audit_end,
+	received, status, fail_field, fail_expected, fail_actual, fail_reason, routing_key, raw`
+
+func scanImageExists(r scanner) (ImageExists, error) {
+	var e ImageExists
+	var created, deleted, begin, end, received int64
+	var ff, fe, fa, fr sql.NullString
+	err := r.Scan(&e.ID, &e.Key, &e.MessageID, &e.Image.UUID, &e.Image.Owner, &e.Image.Size, &e.Image.HasSize, &created, &deleted,
+		&begin, &end, &received, &e.Status, &ff, &fe, &fa, &fr, &e.RoutingKey, &e.Raw)
+	e.Image.CreatedAt, e.DeletedAt, e.AuditBegin, e.AuditEnd, e.Received =
+		fromMicro(created), fromMicro(deleted), fromMicro(begin), fromMicro(end), fromMicro(received)
+	e.Failure = scanFailure(ff, fe, fa, fr)
+	return e, err
+}
+
+// AddImageExists implements Store.
+func (s *SQLiteStore) AddImageExists(ctx context.Context, e ImageExists) error {
+	err := s.exec(ctx, `INSERT OR IGNORE INTO image_exists (msg_key, message_id, uuid, owner, size, has_size,
+		created_at, deleted_at, audit_begin, audit_end, received, status, routing_key, raw)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, e.Key, e.MessageID, e.Image.UUID, e.Image.Owner, e.Image.Size,
+		e.Image.HasSize, micro(e.Image.CreatedAt), micro(e.DeletedAt), micro(e.AuditBegin), micro(e.AuditEnd),
+		micro(e.Received), StatusPending, e.RoutingKey, e.Raw)
+	if err != nil {
+		return fmt.Errorf("add image exists %s: %w", e.MessageID, err)
+	}
+	return nil
+}
+
+// ClaimImageExists implements Store.
+func (s *SQLiteStore) ClaimImageExists(ctx context.Context, endingMax time.Time, limit int) ([]ImageExists, error) {
+	var out []ImageExists
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `UPDATE image_exists SET status = ? WHERE id IN (
+			SELECT id FROM image_exists WHERE status = ? AND audit_end <= ? ORDER BY id LIMIT ?) RETURNING `+imageExistsCols,
+			StatusVerifying, StatusPending, micro(endingMax), limit)
+		if err != nil {
+			return err
+		}
+		out, err = collectRows(rows, scanImageExists)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim image exists: %w", err)
+	}
+	return out, nil
+}
+
+// FinishImageExists implements Store.
+func (s *SQLiteStore) FinishImageExists(ctx context.Context, id int64, status Status, f *Failure) error {
+	args := append([]any{status}, failArgs(f)...)
+	err := s.exec(ctx, `UPDATE image_exists SET status = ?, fail_field = ?, fail_expected = ?,
+		fail_actual = ?, fail_reason = ? WHERE id = ?`, append(args, id)...)
+	if err != nil {
+		return fmt.Errorf("finish image exists %d: %w", id, err)
+	}
+	return nil
+}
+
+// ImageExistsList implements Store.
+func (s *SQLiteStore) ImageExistsList(ctx context.Context, f ExistsFilter) ([]ImageExists, error) {
+	where, args := filterSQL(f, "uuid")
+	rows, err := s.db.QueryContext(ctx, `SELECT `+imageExistsCols+` FROM image_exists`+where+` ORDER BY id`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("list image exists: %w", err)
+	}
+	return collectRows(rows, scanImageExists)
+}
+
+// ResetVerifying implements Store.
+func (s *SQLiteStore) ResetVerifying(ctx context.Context) (int, error) {
+	n := 0
+	for _, table := range []string{"instance_exists", "image_exists"} {
+		err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+			res, err := tx.ExecContext(ctx, `UPDATE `+table+` SET status = ? WHERE status = ?`, StatusPending, StatusVerifying)
+			if err != nil {
+				return err
+			}
+			c, _ := res.RowsAffected()
+			n += int(c)
+			return nil
+		})
+		if err != nil {
+			return n, fmt.Errorf("reset %s: %w", table, err)
+		}
+	}
+	return n, nil
+}
+
+// AllLaunches implements Store.
+func (s *SQLiteStore) AllLaunches(ctx context.Context) ([]InstanceUsage, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+usageCols+` FROM instance_usage ORDER BY instance, launched_sec`)
+	if err != nil {
+		return nil, fmt.Errorf("launches: %w", err)
+	}
+	return collectRows(rows, scanUsage)
+}
+
+// AllDeletes implements Store.
+func (s *SQLiteStore) AllDeletes(ctx context.Context) ([]InstanceDelete, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT instance, launched_at, deleted_at FROM instance_deletes ORDER BY instance, launched_sec`)
+	if err != nil {
+		return nil, fmt.Errorf("deletes: %w", err)
+	}
+	return collectRows(rows, func(r scanner) (InstanceDelete, error) {
+		var d InstanceDelete
+		var l, at int64
+		err := r.Scan(&d.Instance, &l, &at)
+		d.LaunchedAt, d.DeletedAt = fromMicro(l), fromMicro(at)
+		return d, err
+	})
+}
+
+// AllImages implements Store.
+func (s *SQLiteStore) AllImages(ctx context.Context) ([]ImageUsage, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+imageCols+` FROM image_usage ORDER BY uuid`)
+	if err != nil {
+		return nil, fmt.Errorf("images: %w", err)
+	}
+	return collectRows(rows, scanImage)
+}
+
+// CountExists implements Store.
+func (s *SQLiteStore) CountExists(ctx context.Context) (instances, images map[Status]int, err error) {
+	count := func(table string) (map[Status]int, error) {
+		rows, err := s.db.QueryContext(ctx, `SELECT status, COUNT(*) FROM `+table+` GROUP BY status`)
+		if err != nil {
+			return nil, fmt.Errorf("count %s: %w", table, err)
+		}
+		out := map[Status]int{}
+		_, err = collectRows(rows, func(r scanner) (struct{}, error) {
+			var st Status
+			var n int
+			err := r.Scan(&st, &n)
+			out[st] = n
+			return struct{}{}, err
+		})
+		return out, err
+	}
+	if instances, err = count("instance_exists"); err != nil {
+		return nil, nil, err
+	}
+	images, err = count("image_exists")
+	return instances, images, err
+}
+
+var _ Store = (*SQLiteStore)(nil)

@@ -1,0 +1,207 @@
+package verifier
+
+import (
+	"context"
+	"time"
+)
+
+// Status of an exists, StackTach's values minus the sent_* ones (tally
+// verifies before anything is shipped).
+type Status string
+
+const (
+	StatusPending   Status = "pending"
+	StatusVerifying Status = "verifying"
+	StatusVerified  Status = "verified"
+	StatusFailed    Status = "failed"
+)
+
+// InstanceUsage is one launch of an instance: StackTach's InstanceUsage,
+// keyed by (instance, launched_at to the second) rather than by request id,
+// so the legacy and versioned copies of an event, and retried requests,
+// land on the same row.
+type InstanceUsage struct {
+	Instance         string
+	LaunchedAt       time.Time
+	Tenant           string
+	InstanceTypeID   string
+	InstanceFlavorID string
+	FlavorName       string
+	OSArchitecture   string
+	OSDistro         string
+	OSVersion        string
+	RaxOptions       string
+	ImageType        string
+	// Updated is the time of the latest event that overwrote the fields, so
+	// that events applied out of order end in the same state.
+	Updated time.Time
+}
+
+// InstanceDelete is StackTach's InstanceDeletes.
+type InstanceDelete struct {
+	Instance   string
+	LaunchedAt time.Time
+	DeletedAt  time.Time
+}
+
+// Failure says why an exists failed: the field, what the tracked usage
+// says (Expected) and what the exists says (Actual).
+type Failure struct {
+	Field    string
+	Expected string
+	Actual   string
+	Reason   string
+}
+
+// InstanceExists is one compute.instance.exists / instance.exists.
+type InstanceExists struct {
+	ID int64
+	// Key deduplicates (oslo.Key: message_id and body digest).
+	Key        string
+	MessageID  string
+	EventType  string
+	Versioned  bool
+	Usage      InstanceUsage // what the exists claims; zero LaunchedAt is null
+	DeletedAt  time.Time
+	AuditBegin time.Time
+	AuditEnd   time.Time
+	Bandwidth  int64
+	// Invalid names a time field that did not parse ("launched_at=...").
+	Invalid    string
+	Received   time.Time
+	Status     Status
+	Failure    *Failure
+	RoutingKey string
+	Raw        []byte
+}
+
+// ImageUsage is StackTach's ImageUsage, one row per image.
+type ImageUsage struct {
+	UUID      string
+	Owner     string
+	Size      int64
+	HasSize   bool
+	CreatedAt time.Time
+	Updated   time.Time
+}
+
+// ImageDelete is StackTach's ImageDeletes.
+type ImageDelete struct {
+	UUID      string
+	DeletedAt time.Time
+}
+
+// ImageExists is one image of an image.exists.
+type ImageExists struct {
+	ID         int64
+	Key        string
+	MessageID  string
+	Image      ImageUsage // what the exists claims
+	DeletedAt  time.Time
+	AuditBegin time.Time
+	AuditEnd   time.Time
+	Received   time.Time
+	Status     Status
+	Failure    *Failure
+	RoutingKey string
+	Raw        []byte
+}
+
+// ExistsFilter selects exists for listings; zero fields match everything.
+type ExistsFilter struct {
+	Status Status
+	// Instance or image uuid.
+	UUID string
+}
+
+// Store keeps the tracked usage and the exists. Every write is idempotent:
+// a notification applied twice changes nothing the second time.
+type Store interface {
+	// ApplyUsage merges an event into its launch (see mergeUsage).
+	ApplyUsage(ctx context.Context, u InstanceUsage, overwrite bool) error
+	AddDelete(ctx context.Context, d InstanceDelete) error
+	// AddInstanceExists ignores an exists whose Key is known.
+	AddInstanceExists(ctx context.Context, e InstanceExists) error
+	Launches(ctx context.Context, instance string) ([]InstanceUsage, error)
+	Deletes(ctx context.Context, instance string) ([]InstanceDelete, error)
+	// ClaimInstanceExists marks up to limit pending exists whose audit
+	// period ended by endingMax as verifying and returns them.
+	ClaimInstanceExists(ctx context.Context, endingMax time.Time, limit int) ([]InstanceExists, error)
+	FinishInstanceExists(ctx context.Context, id int64, status Status, f *Failure) error
+	InstanceExistsList(ctx context.Context, f ExistsFilter) ([]InstanceExists, error)
+
+	ApplyImageUsage(ctx context.Context, u ImageUsage) error
+	AddImageDelete(ctx context.Context, d ImageDelete) error
+	AddImageExists(ctx context.Context, e ImageExists) error
+	ImageUsage(ctx context.Context, uuid string) (*ImageUsage, error)
+	ImageDeletes(ctx context.Context, uuid string) ([]ImageDelete, error)
+	ClaimImageExists(ctx context.Context, endingMax time.Time, limit int) ([]ImageExists, error)
+	FinishImageExists(ctx context.Context, id int64, status Status, f *Failure) error
+	ImageExistsList(ctx context.Context, f ExistsFilter) ([]ImageExists, error)
+
+	// CountExists counts instance and image exists by status.
+	CountExists(ctx context.Context) (instances, images map[Status]int, err error)
+	// AllLaunches and AllDeletes list every launch and delete, for audits.
+	AllLaunches(ctx context.Context) ([]InstanceUsage, error)
+	AllDeletes(ctx context.Context) ([]InstanceDelete, error)
+	AllImages(ctx context.Context) ([]ImageUsage, error)
+
+	// ResetVerifying puts exists left verifying by a crash back to pending
+	// (StackTach's run_startup, for nova only; here for both).
+	ResetVerifying(ctx context.Context) (int, error)
+	Close() error
+}
+
+// mergeUsage folds an event into a launch. Empty fields never erase.
+// overwrite events (the .end of an action) replace the fields, unless a
+// later event already did; fill events (.start) only fill empty ones.
+// StackTach applied events in arrival order; comparing event times makes
+// the result independent of the order notifications arrive in.
+func mergeUsage(old, ev InstanceUsage, overwrite bool) InstanceUsage {
+	out := old
+	replace := overwrite && !ev.Updated.Before(old.Updated)
+	set := func(dst *string, v string) {
+		if v != "" && (*dst == "" || replace) {
+			*dst = v
+		}
+	}
+	set(&out.Tenant, ev.Tenant)
+	set(&out.InstanceTypeID, ev.InstanceTypeID)
+	set(&out.InstanceFlavorID, ev.InstanceFlavorID)
+	set(&out.FlavorName, ev.FlavorName)
+	set(&out.OSArchitecture, ev.OSArchitecture)
+	set(&out.OSDistro, ev.OSDistro)
+	set(&out.OSVersion, ev.OSVersion)
+	set(&out.RaxOptions, ev.RaxOptions)
+	set(&out.ImageType, ev.ImageType)
+	if replace {
+		out.Updated = ev.Updated
+	}
+	// Same second, maybe more precise: keep the finest launched_at seen.
+	if out.LaunchedAt.IsZero() || out.LaunchedAt.Nanosecond() == 0 && ev.LaunchedAt.Nanosecond() != 0 {
+		out.LaunchedAt = ev.LaunchedAt
+	}
+	out.Instance = ev.Instance
+	return out
+}
+
+// mergeImage folds a Glance event into an image's usage, the latest event
+// winning for owner and size.
+func mergeImage(old, ev ImageUsage) ImageUsage {
+	out := old
+	replace := !ev.Updated.Before(old.Updated)
+	if ev.Owner != "" && (out.Owner == "" || replace) {
+		out.Owner = ev.Owner
+	}
+	if ev.HasSize && (!out.HasSize || replace) {
+		out.Size, out.HasSize = ev.Size, true
+	}
+	if out.CreatedAt.IsZero() {
+		out.CreatedAt = ev.CreatedAt
+	}
+	if replace {
+		out.Updated = ev.Updated
+	}
+	out.UUID = ev.UUID
+	return out
+}
