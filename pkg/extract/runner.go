@@ -253,8 +253,8 @@ type run struct {
 	pending map[string]*projectBatches // by bucket: a project, or allProjects
 	// batchesOf lists, per project, the batches holding its records.
 	batchesOf map[string][]string
-	order   []string // project ids, for a stable progress order
-	done    int
+	order     []string // project ids, for a stable progress order
+	done      int
 }
 
 // prepare stores the directory and works out and leases each project's
