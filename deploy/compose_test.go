@@ -132,20 +132,29 @@ func TestComposeAgreesWithTheBinary(t *testing.T) {
 			t.Errorf("%s: tally %q is refused (exit %d): %s", name, args, code, stderr.String())
 			continue
 		}
-		if len(targets) != 1 || targets[0] != name {
-			t.Errorf("%s: runs targets %q; one container per service, named after it", name, targets)
+		if !slices.Contains(targets, name) {
+			t.Errorf("%s: runs targets %q; a container is named after its service", name, targets)
 		}
-		seenTargets[name] = true
+		for _, tg := range targets {
+			seenTargets[tg] = true
+		}
 		configs[name] = cfg
 		ports := exposed(s)
 		if cfg.MetricsListen != "" && !slices.Contains(ports, port(t, cfg.MetricsListen)) {
 			t.Errorf("%s: metrics port %s not exposed (%q)", name, port(t, cfg.MetricsListen), ports)
 		}
-		switch name {
-		case tally.TargetAPI:
+		if slices.Contains(targets, tally.TargetAPI) {
 			if !slices.Contains(ports, port(t, cfg.Listen)) || hostOf(cfg.Listen) != "0.0.0.0" {
-				t.Errorf("api: listen %s must be on 0.0.0.0 and exposed (%q)", cfg.Listen, ports)
+				t.Errorf("%s: the API listen %s must be on 0.0.0.0 and exposed (%q)", name, cfg.Listen, ports)
 			}
+		}
+		switch name {
+		case tally.TargetQuery:
+			l := cfg.Query.Listen
+			if !slices.Contains(ports, port(t, l)) || hostOf(l) != "0.0.0.0" {
+				t.Errorf("%s: listen %s must be on 0.0.0.0 and exposed (%q)", name, l, ports)
+			}
+			messengerListeners = append(messengerListeners, listener{name, port(t, l)})
 		case tally.TargetMessengerNoop, tally.TargetMessengerSSM, tally.TargetMessengerLogstash:
 			l := cfg.Messengers.Noop.Listen
 			if name == tally.TargetMessengerLogstash {

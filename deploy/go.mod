@@ -7,6 +7,10 @@ require github.com/tally-accounting/tally/services/tally v0.0.0
 require (
 	github.com/dustin/go-humanize v1.1.0 // indirect
 	github.com/gophercloud/gophercloud/v2 v2.15.0 // indirect
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/pgx/v5 v5.12.0 // indirect
+	github.com/jackc/puddle/v2 v2.2.3 // indirect
 	github.com/json-iterator/go v1.1.12 // indirect
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/mitchellh/colorstring v0.0.0-20190213212951-d06e56a500db // indirect
@@ -23,6 +27,7 @@ require (
 	github.com/tally-accounting/tally/services/extractor-nova v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/messenger-logstash v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/messenger-ssm v0.0.0 // indirect
+	github.com/tally-accounting/tally/services/query v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/sim v0.0.0 // indirect
 	github.com/tally-accounting/tally/services/verifier v0.0.0-00010101000000-000000000000 // indirect
 	golang.org/x/term v0.47.0 // indirect
@@ -111,3 +116,5 @@ replace github.com/tally-accounting/tally/services/messenger-logstash => ../serv
 replace github.com/tally-accounting/tally/services/extractor-energy => ../services/extractor-energy
 
 replace github.com/tally-accounting/tally/services/verifier => ../services/verifier
+
+replace github.com/tally-accounting/tally/services/query => ../services/query

@@ -14,6 +14,7 @@ require (
 	github.com/tally-accounting/tally/services/extractor-nova v0.0.0
 	github.com/tally-accounting/tally/services/messenger-logstash v0.0.0
 	github.com/tally-accounting/tally/services/messenger-ssm v0.0.0
+	github.com/tally-accounting/tally/services/query v0.0.0
 	github.com/tally-accounting/tally/services/sim v0.0.0
 	github.com/tally-accounting/tally/services/verifier v0.0.0-00010101000000-000000000000
 	go.uber.org/goleak v1.3.0
@@ -34,6 +35,10 @@ require (
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/gophercloud/gophercloud/v2 v2.15.0 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.30.0 // indirect
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/pgx/v5 v5.12.0 // indirect
+	github.com/jackc/puddle/v2 v2.2.3 // indirect
 	github.com/json-iterator/go v1.1.12 // indirect
 	github.com/klauspost/compress v1.20.3 // indirect
 	github.com/mattn/go-isatty v0.0.24 // indirect
@@ -89,6 +94,7 @@ replace (
 	github.com/tally-accounting/tally/services/extractor-nova => ../extractor-nova
 	github.com/tally-accounting/tally/services/messenger-logstash => ../messenger-logstash
 	github.com/tally-accounting/tally/services/messenger-ssm => ../messenger-ssm
+	github.com/tally-accounting/tally/services/query => ../query
 	github.com/tally-accounting/tally/services/sim => ../sim
 	github.com/tally-accounting/tally/services/verifier => ../verifier
 )

@@ -10,6 +10,8 @@ import (
 	"io"
 	"runtime/debug"
 	"strings"
+
+	"github.com/tally-accounting/tally/services/query"
 )
 
 // Env is the process environment a command runs in.
@@ -51,6 +53,9 @@ func commands() []command {
 	return []command{
 		{"serve", "run tally's services (all in one process by default)", serve},
 		{"extract", "extract one window and deliver it, then exit (for cron)", extractCmd},
+		{"query", "read the delivered records: records, get, summary, watch (\"query --help\")", func(ctx context.Context, args []string, env Env) int {
+			return query.Command(ctx, args, env.Stdout, env.Stderr, env.getenv)
+		}},
 		{"sim", "run the OpenStack simulator (\"sim env\" prints its OS_* variables)", simCmd},
 		{"version", "print the version", func(_ context.Context, _ []string, env Env) int {
 			fmt.Fprintln(env.Stdout, "tally", Version())

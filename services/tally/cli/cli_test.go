@@ -87,11 +87,12 @@ func TestResolveTargets(t *testing.T) {
 		noop    bool
 		want    []string
 	}{
-		{"all", "", true, []string{TargetAPI, TargetMessengerNoop, TargetMessengerSSM, TargetEnricher, TargetExtractorNova}},
-		{"all", "", false, []string{TargetAPI, TargetMessengerSSM, TargetEnricher, TargetExtractorNova}},
+		{"all", "", true, []string{TargetAPI, TargetQuery, TargetMessengerNoop, TargetMessengerSSM, TargetEnricher, TargetExtractorNova}},
+		{"all", "", false, []string{TargetAPI, TargetQuery, TargetMessengerSSM, TargetEnricher, TargetExtractorNova}},
 		{"enricher,api", "nats://n:4222", true, []string{TargetAPI, TargetEnricher}},
 		{"extractor-nova,messenger-ssm", "nats://n:4222", true, []string{TargetMessengerSSM, TargetExtractorNova}},
 		{"messenger-noop", "", false, []string{TargetMessengerNoop}},
+		{"query", "", false, []string{TargetAPI, TargetQuery}},
 	}
 	for _, tt := range tests {
 		cfg := DefaultConfig()

@@ -22,6 +22,7 @@ import (
 	nova "github.com/tally-accounting/tally/services/extractor-nova"
 	logstash "github.com/tally-accounting/tally/services/messenger-logstash"
 	ssm "github.com/tally-accounting/tally/services/messenger-ssm"
+	"github.com/tally-accounting/tally/services/query"
 	"github.com/tally-accounting/tally/services/verifier"
 	"github.com/tally-accounting/tally/services/verifier/bridge"
 )
@@ -56,8 +57,15 @@ type Config struct {
 	Messengers Messengers           `yaml:"messengers"`
 	// NotifyBridge and Verifier are StackTach's usage verification; off
 	// by default (they need the cloud's RabbitMQ).
+	Query        QueryConfig    `yaml:"query"`
 	NotifyBridge BridgeConfig   `yaml:"notify_bridge"`
 	Verifier     VerifierConfig `yaml:"verifier"`
+}
+
+// QueryConfig is the record store and its RecordQuery API.
+type QueryConfig struct {
+	Enabled      bool `yaml:"enabled"`
+	query.Config `yaml:",inline"`
 }
 
 // BridgeConfig is notify-bridge's section.
@@ -161,6 +169,7 @@ func DefaultConfig() Config {
 			Energy:  EnergyConfig{Config: energy.DefaultConfig()},
 		},
 		Enricher:     enricher.DefaultConfig(),
+		Query:        QueryConfig{Enabled: true, Config: query.DefaultConfig()},
 		NotifyBridge: BridgeConfig{Config: bridge.DefaultConfig()},
 		Verifier:     VerifierConfig{Config: verifierDefaults()},
 		Messengers: Messengers{
@@ -255,6 +264,11 @@ func (c *Config) Validate() error {
 	if c.Extractors.Nova.Enabled {
 		if err := c.Extractors.Nova.Config.Validate(); err != nil {
 			return config.Prefix("extractors.nova", err)
+		}
+	}
+	if c.Query.Enabled {
+		if err := c.Query.Config.Validate(); err != nil {
+			return config.Prefix("query", err)
 		}
 	}
 	if c.NotifyBridge.Enabled {

@@ -168,6 +168,7 @@ func runExtract(ctx context.Context, cfg *Config, auth openstack.AuthConfig, opt
 	local.Messengers.Noop.Listen = "127.0.0.1:0"
 	local.Messengers.SSM.Listen = "127.0.0.1:0"
 	local.Messengers.Logstash.Listen = "127.0.0.1:0"
+	local.Query.Listen = "127.0.0.1:0"
 	local.Enricher.Messengers = nil
 	var targets []string
 	if cfg.NATS.URL == "" {

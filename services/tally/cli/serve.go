@@ -32,6 +32,7 @@ import (
 	nova "github.com/tally-accounting/tally/services/extractor-nova"
 	logstash "github.com/tally-accounting/tally/services/messenger-logstash"
 	ssm "github.com/tally-accounting/tally/services/messenger-ssm"
+	"github.com/tally-accounting/tally/services/query"
 	"github.com/tally-accounting/tally/services/verifier"
 	"github.com/tally-accounting/tally/services/verifier/bridge"
 )
@@ -49,6 +50,7 @@ const (
 	TargetExtractorNeutron  = neutron.Name
 	TargetExtractorEnergy   = energy.Name
 	TargetNotifyBridge      = bridge.Name
+	TargetQuery             = query.Name
 	TargetVerifier          = verifier.Name
 )
 
@@ -56,7 +58,7 @@ const (
 // messengers before the enricher that pushes to them, the enricher before
 // the extractors that feed it.
 func Targets() []string {
-	return []string{TargetAPI, TargetMessengerNoop, TargetMessengerSSM, TargetMessengerLogstash, TargetEnricher,
+	return []string{TargetAPI, TargetQuery, TargetMessengerNoop, TargetMessengerSSM, TargetMessengerLogstash, TargetEnricher,
 		TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron, TargetExtractorEnergy,
 		TargetVerifier, TargetNotifyBridge}
 }
@@ -73,6 +75,9 @@ func isExtractor(target string) bool {
 // enabledTargets are what "all" runs.
 func enabledTargets(cfg *Config) []string {
 	out := []string{TargetAPI}
+	if cfg.Query.Enabled {
+		out = append(out, TargetQuery)
+	}
 	if cfg.Messengers.Noop.Enabled {
 		out = append(out, TargetMessengerNoop)
 	}
@@ -190,6 +195,10 @@ func ResolveTargets(spec string, cfg *Config) ([]string, error) {
 			out = append(out, t)
 		}
 	}
+	if slices.Contains(out, TargetQuery) && !slices.Contains(out, TargetAPI) {
+		// RecordQuery is served on the public API listener.
+		out = append([]string{TargetAPI}, out...)
+	}
 	for _, n := range names {
 		if !slices.Contains(Targets(), n) {
 			return nil, fmt.Errorf("unknown target %q (known: all, %s)", n, strings.Join(Targets(), ", "))
@@ -267,11 +276,12 @@ func natsDescription(cfg *Config) string {
 
 // process is one tally process: its services and their shared parts.
 type process struct {
-	services []service.Service
-	manager  *service.Manager
-	api      *rpc.Server
-	grpc     []*rpc.Server
-	busSvc   *busService
+	querySink lazySink
+	services  []service.Service
+	manager   *service.Manager
+	api       *rpc.Server
+	grpc      []*rpc.Server
+	busSvc    *busService
 }
 
 // buildProcess wires the services for targets. Services start in the order
@@ -293,9 +303,34 @@ func newProcess(cfg *Config, targets []string, env Env, tel *telemetry.Telemetry
 	for _, t := range targets {
 		switch t {
 		case TargetAPI:
-			p.api = rpc.NewServer("api", cfg.Listen, tel, logger)
+			apiOpts, err := query.ServerOptions(cfg.Query.Auth)
+			if err != nil {
+				return nil, fmt.Errorf("query.auth: %w", err)
+			}
+			p.api = rpc.NewServer("api", cfg.Listen, tel, logger, apiOpts...)
 			p.grpc = append(p.grpc, p.api)
-			services = append(services, p.api)
+			if slices.Contains(targets, TargetQuery) {
+				// The store opens, and registers RecordQuery, before the API
+				// serves; watch streams end before the API's graceful stop.
+				open, watches := p.queryServices(cfg, logger)
+				services = append(services, open, p.api, watches)
+			} else {
+				services = append(services, p.api)
+			}
+		case TargetQuery:
+			types, err := cfg.Query.Config.Types()
+			if err != nil {
+				return nil, fmt.Errorf("query.record_types: %w", err)
+			}
+			srv, ledger := newMessenger("query", cfg.Query.Listen, types, &p.querySink, cfg, tel, m, logger)
+			p.grpc = append(p.grpc, srv)
+			if !slices.Contains(targets, TargetAPI) {
+				// A store with no API in this process (tally extract).
+				open, watches := p.queryServices(cfg, logger)
+				services = append(services, open, watches)
+			}
+			services = append(services, ledger, srv)
+			messengerTargets = append(messengerTargets, enricher.Target{Name: "query", Addr: srv.Addr})
 		case TargetMessengerNoop:
 			types, err := record.ParseTypes(cfg.Messengers.Noop.RecordTypes)
 			if err != nil {
@@ -419,6 +454,33 @@ func newMessenger(name, listen string, types map[tallyv1.RecordType]bool, sink m
 		StopFunc: func(context.Context) error { return ledger.Close() },
 	}
 	return srv, closer
+}
+
+// queryServices returns the service that opens the record store (and
+// registers RecordQuery on the API server) and the one that ends the watch
+// streams first at stop.
+func (p *process) queryServices(cfg *Config, logger *slog.Logger) (open, watches service.Service) {
+	var qs *query.Service
+	open = service.Funcs{
+		ServiceName: "query-store",
+		StartFunc: func(ctx context.Context) error {
+			var err error
+			if qs, err = query.Open(ctx, cfg.Query.Config, cfg.DataDir, logger); err != nil {
+				return err
+			}
+			if p.api != nil {
+				qs.RegisterAPI(p.api.GRPC)
+			}
+			p.querySink.set(qs.Sink())
+			return nil
+		},
+		StopFunc: func(context.Context) error { return qs.Close() },
+	}
+	watches = service.Funcs{
+		ServiceName: "query-watches",
+		StopFunc:    func(ctx context.Context) error { return qs.Stop(ctx) },
+	}
+	return open, watches
 }
 
 // lazySink is the SSM sink, opened at Start (it recovers interrupted

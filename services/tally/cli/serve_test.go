@@ -131,12 +131,13 @@ func TestServeAllInOne(t *testing.T) {
 				"TALLY_MESSENGERS_SSM_ENABLED=false",
 				"TALLY_EXTRACTORS_NOVA_ENABLED=false",
 				"TALLY_ENRICHER_DEFAULT_VO=ops",
+				"TALLY_QUERY_LISTEN=" + freeAddr(t),
 			}})
 	}()
 	waitServing(t, api)
 
 	got := listServices(t, api)
-	for _, want := range []string{"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} {
+	for _, want := range []string{"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "tally.v1.RecordQuery"} {
 		if !slices.Contains(got, want) {
 			t.Errorf("reflection lists %q, missing %s", got, want)
 		}
@@ -173,6 +174,28 @@ func TestServeAllInOne(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
+	// The same record is in the store, and the public API serves it.
+	conn, err := grpc.NewClient(api, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rq := tallyv1.NewRecordQueryClient(conn)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		resp, err := rq.GetRecord(t.Context(), &tallyv1.GetRecordRequest{Key: "cloud/vm-1"})
+		if err == nil {
+			if got := resp.GetRecord().GetCloud().GetSiteName(); got != "TEST" {
+				t.Errorf("stored record's site = %q, want the enricher's TEST", got)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("GetRecord(cloud/vm-1): %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	conn.Close()
+
 	cancel()
 	select {
 	case code := <-done:
@@ -205,7 +228,7 @@ func TestServeStopsOnSIGTERM(t *testing.T) {
 			env = append(env, kv)
 		}
 	}
-	cmd.Env = append(env, "TALLY_MESSENGERS_SSM_LISTEN="+freeAddr(t))
+	cmd.Env = append(env, "TALLY_MESSENGERS_SSM_LISTEN="+freeAddr(t), "TALLY_QUERY_LISTEN="+freeAddr(t))
 	var stderr syncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {

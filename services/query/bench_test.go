@@ -1,0 +1,171 @@
+package query
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+)
+
+// benchSizes are the store sizes benchmarked: 100,000 records always,
+// 1,000,000 with TALLY_BENCH_FULL=1 (several minutes per store).
+func benchSizes() []int {
+	if !testing.Short() && os.Getenv("TALLY_BENCH_FULL") == "1" {
+		return []int{100_000, 1_000_000}
+	}
+	return []int{100_000}
+}
+
+const benchBatch = 1000
+
+var benchVOs = []string{"atlas", "cms", "lhcb", "alice", "belle", "dune", "icecube", "lsst", "ska", "virgo"}
+
+// benchBatches calls fn with n records in batches: 80% cloud records (one
+// VM each, started over 2026 and measured at a month's end), 10%
+// accelerator and 10% storage records.
+func benchBatches(n int, fn func([]*tallyv1.Record) error) error {
+	base := at("2026-01-01T00:00:00Z")
+	b := make([]*tallyv1.Record, 0, benchBatch)
+	for i := range n {
+		vo := benchVOs[i%len(benchVOs)]
+		project := fmt.Sprintf("project-%03d", i%200)
+		start := base.Add(time.Duration(i%(360*24)) * time.Hour)
+		var r *tallyv1.Record
+		switch i % 10 {
+		case 8:
+			y, m, _ := start.Date()
+			r = accel(fmt.Sprintf("vm-%07d", i-1), "SITE", vo, project, int32(y), int32(m), 1, 86400, start.Add(24*time.Hour))
+		case 9:
+			r = storage(fmt.Sprintf("vol-%07d", i), "SITE", vo, project, 10, start, start.Add(24*time.Hour))
+		default:
+			v := vm{id: fmt.Sprintf("vm-%07d", i), site: "SITE", vo: vo, project: project, user: fmt.Sprintf("user-%03d", i%500),
+				cpus: int32(1 + i%8), benchmark: float64(i % 3 * 5), start: start}
+			if i%2 == 0 {
+				v.end = start.Add(time.Duration(1+i%200) * time.Hour)
+			}
+			y, m, _ := start.Date()
+			monthEnd := time.Date(y, m+1, 1, 0, 0, 0, 0, time.UTC)
+			r = v.cloud(monthEnd.Add(-24*time.Hour), monthEnd)
+		}
+		b = append(b, r)
+		if len(b) == benchBatch || i == n-1 {
+			if err := fn(b); err != nil {
+				return err
+			}
+			b = b[:0]
+		}
+	}
+	return nil
+}
+
+func ingest(ctx context.Context, s Store, n int) error {
+	return benchBatches(n, func(b []*tallyv1.Record) error { return s.Write(ctx, b) })
+}
+
+// BenchmarkStore fills an empty store and queries it, on each backend:
+//
+//   - ingest: the upsert rate in batches of 1000 (target 20,000 records/s);
+//   - list-vo-month: ListRecords' first page with a VO and month filter
+//     (target p99 < 10 ms);
+//   - summary-month-vo: SummarizeUsage by month and VO over everything
+//     (target < 500 ms).
+func BenchmarkStore(b *testing.B) {
+	ctx := context.Background()
+	for _, be := range backends {
+		for _, n := range benchSizes() {
+			b.Run(fmt.Sprintf("%s/%d", be.name, n), func(pb *testing.B) {
+				b := pb
+				// The store the last ingest filled, for the queries; it
+				// belongs to this benchmark, not to the ingest one.
+				var s Store
+				b.Run("ingest", func(b *testing.B) {
+					var total, cpu time.Duration
+					for range b.N {
+						b.StopTimer()
+						if s != nil {
+							s.Close()
+						}
+						s = openAt(pb, be.location(pb))
+						b.StartTimer()
+						t0, c0 := time.Now(), cpuTime()
+						if err := ingest(ctx, s, n); err != nil {
+							b.Fatal(err)
+						}
+						total += time.Since(t0)
+						cpu += cpuTime() - c0
+					}
+					b.ReportMetric(float64(n*b.N)/total.Seconds(), "records/s")
+					// The machine may be shared: the rate per CPU second of
+					// this process (for PostgreSQL, without the server's
+					// share) shows what contention hides.
+					b.ReportMetric(float64(n*b.N)/cpu.Seconds(), "records/cpu-s")
+				})
+				if s == nil {
+					b.Fatal("ingest did not run")
+				}
+				if pg, ok := s.(*pgStore); ok {
+					// Fresh tables: give the planner statistics, as
+					// autovacuum soon would.
+					if _, err := pg.pool.Exec(ctx, "ANALYZE"); err != nil {
+						b.Fatal(err)
+					}
+				}
+				srv := NewServer(s, discard())
+				b.Run("list-vo-month", func(b *testing.B) {
+					var lat []time.Duration
+					i := 0
+					for b.Loop() {
+						m := time.Month(1 + i%12)
+						req := &tallyv1.ListRecordsRequest{Filter: &tallyv1.RecordFilter{
+							Vos:   []string{benchVOs[i%len(benchVOs)]},
+							Start: ts(time.Date(2026, m, 1, 0, 0, 0, 0, time.UTC)), End: ts(time.Date(2026, m+1, 1, 0, 0, 0, 0, time.UTC)),
+						}}
+						t0 := time.Now()
+						resp, err := srv.ListRecords(ctx, req)
+						lat = append(lat, time.Since(t0))
+						if err != nil {
+							b.Fatal(err)
+						}
+						if len(resp.GetRecords()) != DefaultPageSize {
+							b.Fatalf("%d records on the first page", len(resp.GetRecords()))
+						}
+						i++
+					}
+					slices.Sort(lat)
+					b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+				})
+				b.Run("summary-month-vo", func(b *testing.B) {
+					req := &tallyv1.SummarizeUsageRequest{GroupBy: []tallyv1.UsageGroupBy{
+						tallyv1.UsageGroupBy_USAGE_GROUP_BY_MONTH, tallyv1.UsageGroupBy_USAGE_GROUP_BY_VO}}
+					var worst time.Duration
+					for b.Loop() {
+						t0 := time.Now()
+						resp, err := srv.SummarizeUsage(ctx, req)
+						worst = max(worst, time.Since(t0))
+						if err != nil {
+							b.Fatal(err)
+						}
+						if len(resp.GetGroups()) < 12*len(benchVOs) {
+							b.Fatalf("%d groups", len(resp.GetGroups()))
+						}
+					}
+					b.ReportMetric(float64(worst.Microseconds())/1000, "max-ms")
+				})
+			})
+		}
+	}
+}
+
+// cpuTime is the CPU time this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -1,0 +1,197 @@
+package query
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"go.uber.org/goleak"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// pgBase is the PostgreSQL server the tests use; CI makes sure it runs.
+func pgBase() string {
+	if v := os.Getenv("TALLY_TEST_POSTGRES"); v != "" {
+		return v
+	}
+	return "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
+}
+
+// pgSchema creates a schema of its own for one test (or benchmark) and
+// returns a store URL confined to it; the schema is dropped afterwards.
+// An unreachable server fails the test: it must not pass by skipping.
+func pgSchema(tb testing.TB) string {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pgBase())
+	if err != nil {
+		tb.Fatalf("PostgreSQL tests need the server at %s (set TALLY_TEST_POSTGRES to use another): %v", pgBase(), err)
+	}
+	defer conn.Close(ctx)
+	var b [6]byte
+	rand.Read(b[:])
+	schema := "tally_query_test_" + hex.EncodeToString(b[:])
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		tb.Fatalf("create schema: %v", err)
+	}
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, pgBase())
+		if err != nil {
+			tb.Errorf("drop schema %s: %v", schema, err)
+			return
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
+			tb.Errorf("drop schema %s: %v", schema, err)
+		}
+	})
+	join := "?"
+	if strings.Contains(pgBase(), "?") {
+		join = "&"
+	}
+	return pgBase() + join + "search_path=" + schema
+}
+
+// backend opens a fresh store of one kind, closed at cleanup.
+type backend struct {
+	name string
+	// location returns a store location of its own for one test.
+	location func(tb testing.TB) string
+}
+
+var backends = []backend{
+	{"sqlite", func(tb testing.TB) string { return "sqlite://" + filepath.Join(tb.TempDir(), "q.db") }},
+	{"postgres", pgSchema},
+}
+
+func openAt(tb testing.TB, location string) Store {
+	tb.Helper()
+	s, err := OpenStore(context.Background(), location, "")
+	if err != nil {
+		tb.Fatalf("open store: %v", err)
+	}
+	tb.Cleanup(func() { s.Close() })
+	return s
+}
+
+func eachStore(t *testing.T, fn func(t *testing.T, s Store)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) { fn(t, openAt(t, b.location(t))) })
+	}
+}
+
+// ---- records ----
+
+func at(s string) time.Time {
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		panic(err)
+	}
+	return t
+}
+
+func ts(t time.Time) *timestamppb.Timestamp { return timestamppb.New(t) }
+
+// vm describes a test VM; cloud renders its record as extracted at a
+// window's end.
+type vm struct {
+	id, site, vo, project, user, global, status string
+	cpus                                        int32
+	benchmark                                   float64
+	start                                       time.Time
+	end                                         time.Time // zero while running
+}
+
+func prov(project string, from, to time.Time) *tallyv1.Provenance {
+	return &tallyv1.Provenance{Region: "r1", Site: "SITE", Service: "nova", Extractor: "extractor-nova", ProjectId: project,
+		WindowFrom: ts(from), WindowTo: ts(to), ExtractedAt: ts(to.Add(time.Minute))}
+}
+
+// cloud is the VM's cumulative record at windowEnd (as cASO: wall time
+// from start to the window end or the VM's end).
+func (v vm) cloud(windowFrom, windowEnd time.Time) *tallyv1.Record {
+	upTo := windowEnd
+	status := v.status
+	if status == "" {
+		status = "started"
+	}
+	c := &tallyv1.CloudRecord{
+		VmUuid: v.id, SiteName: v.site, CloudComputeService: v.site + "-nova", CloudType: "tally", MachineName: "m-" + v.id,
+		LocalUserId: v.user, LocalGroupId: v.project, Fqan: v.vo, Status: status, StartTime: ts(v.start),
+		CpuCount: v.cpus, Memory: 2048, Disk: 20, ImageId: proto.String("img"),
+	}
+	if v.global != "" {
+		c.GlobalUserName = proto.String(v.global)
+	}
+	if v.benchmark > 0 {
+		c.BenchmarkType, c.Benchmark = proto.String("HEPSPEC06"), proto.Float64(v.benchmark)
+	}
+	if !v.end.IsZero() && !v.end.After(windowEnd) {
+		upTo = v.end
+		c.EndTime = ts(v.end)
+		c.Status = "completed"
+	}
+	c.WallDuration = int64(upTo.Sub(v.start) / time.Second)
+	c.CpuDuration = c.WallDuration * int64(v.cpus)
+	return &tallyv1.Record{Key: "cloud/" + v.id, Provenance: prov(v.project, windowFrom, windowEnd), Payload: &tallyv1.Record_Cloud{Cloud: c}}
+}
+
+func accel(vmID, site, vo, project string, year, month int32, count int32, seconds int64, extracted time.Time) *tallyv1.Record {
+	from := time.Date(int(year), time.Month(month), 1, 0, 0, 0, 0, time.UTC)
+	return &tallyv1.Record{Key: fmt.Sprintf("accelerator/%s/%04d-%02d", vmID, year, month),
+		Provenance: prov(project, from, extracted),
+		Payload: &tallyv1.Record_Accelerator{Accelerator: &tallyv1.AcceleratorRecord{
+			SiteName: site, CloudType: "tally", CloudComputeService: site + "-nova", AssociatedRecord: vmID, AssociatedRecordType: "cloud",
+			Fqan: vo, Count: count, AvailableDuration: seconds, MeasurementYear: year, MeasurementMonth: month, Type: "GPU", Model: proto.String("A100"),
+		}}}
+}
+
+func storage(vol, site, vo, project string, gib int64, from, to time.Time) *tallyv1.Record {
+	return &tallyv1.Record{Key: "storage/" + vol + "/" + to.Format(time.RFC3339), Provenance: prov(project, from, to),
+		Payload: &tallyv1.Record_Storage{Storage: &tallyv1.StorageRecord{
+			RecordId: vol, CreateTime: ts(to), StorageSystem: site + "-cinder", Site: proto.String(site),
+			LocalGroup: proto.String(project), Group: proto.String(vo), StartTime: ts(from), EndTime: ts(to),
+			ResourceCapacityUsed: gib << 30, VolumeStatus: proto.String("in-use"),
+		}}}
+}
+
+func ipRec(site, vo, project string, version, count int32, measured time.Time) *tallyv1.Record {
+	return &tallyv1.Record{Key: fmt.Sprintf("ip/%s/%d/%d", project, version, measured.Unix()), Provenance: prov(project, measured.Add(-time.Hour), measured),
+		Payload: &tallyv1.Record_Ip{Ip: &tallyv1.IPRecord{
+			MeasurementTime: ts(measured), SiteName: site, CloudType: "tally", LocalGroup: project, Fqan: vo, IpVersion: version, IpCount: count,
+		}}}
+}
+
+func write(tb testing.TB, s Store, recs ...*tallyv1.Record) {
+	tb.Helper()
+	if err := s.Write(context.Background(), recs); err != nil {
+		tb.Fatalf("write: %v", err)
+	}
+}
+
+func keys(recs []*tallyv1.Record) []string {
+	out := make([]string, len(recs))
+	for i, r := range recs {
+		out[i] = r.GetKey()
+	}
+	return out
+}

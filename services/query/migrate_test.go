@@ -1,0 +1,116 @@
+package query
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
+)
+
+// exec runs a statement on a store's database directly, as an old tally
+// or an operator would.
+func exec(t *testing.T, s Store, q string, args ...any) {
+	t.Helper()
+	var err error
+	switch s := s.(type) {
+	case *sqliteStore:
+		_, err = s.db.ExecContext(context.Background(), q, args...)
+	case *pgStore:
+		_, err = s.pool.Exec(context.Background(), s.d.bind(q), args...)
+	}
+	if err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+}
+
+func TestMigrations(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture()
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			loc := b.location(t)
+			// A store written by a tally that knew only version 1.
+			old, err := openStore(ctx, loc, "", 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v, err := old.SchemaVersion(ctx); err != nil || v != 1 {
+				t.Fatalf("old store at version %d (%v), want 1", v, err)
+			}
+			a, err := attrsOf(f.vmA2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			exec(t, old, "INSERT INTO records ("+strings.Join(recordColumns, ", ")+") VALUES ("+placeholders(len(recordColumns))+")", recordValues(&a)...)
+			acc, err := attrsOf(f.acc1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			exec(t, old, "INSERT INTO records ("+strings.Join(recordColumns, ", ")+") VALUES ("+placeholders(len(recordColumns))+")", recordValues(&acc)...)
+			m, _ := mergeMonths(nil, []monthRow{newMonthRow(&a, f.vmA2.GetCloud())})
+			exec(t, old, upsertMonths(1), m[0].values()...)
+			old.Close()
+
+			s := openAt(t, loc)
+			if v, err := s.SchemaVersion(ctx); err != nil || v != len(migrations) {
+				t.Fatalf("upgraded store at version %d (%v), want %d", v, err, len(migrations))
+			}
+			got, err := s.Get(ctx, f.vmA2.GetKey())
+			if err != nil {
+				t.Fatalf("the record written before the upgrade: %v", err)
+			}
+			if diff := cmp.Diff(f.vmA2, got, protocmp.Transform()); diff != "" {
+				t.Errorf("record after upgrade (-want +got):\n%s", diff)
+			}
+			// Version 2 filled record_windows from what version 1 kept.
+			rs, err := readerOf(s).query(ctx, "SELECT COUNT(*) FROM record_windows")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var n int64
+			for rs.Next() {
+				if err := rs.Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+			}
+			rs.Close()
+			if n != 2 {
+				t.Errorf("%d windows after the upgrade, want 2", n)
+			}
+			sum, err := s.Summarize(ctx, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Version 3 summed cloud_months into cloud_rollup and the
+			// accelerator record into usage_rollup.
+			if v := sum[0].GetValues(); len(sum) != 1 || v.GetRecordCount() != 2 || v.GetWallHours() != 1200 || v.GetGpuHours() != 2*22*24 {
+				t.Errorf("summary after the upgrade: %v, want 2 records, vm-a's 1200 wall hours and 1056 GPU hours", sum)
+			}
+			write(t, s, f.all...)
+			s.Close()
+
+			// A store from a newer tally is refused, not touched.
+			again := openAt(t, loc)
+			exec(t, again, "UPDATE tally_schema SET version = ?", len(migrations)+1)
+			again.Close()
+			_, err = OpenStore(ctx, loc, "")
+			if !errors.Is(err, ErrSchemaTooNew) {
+				t.Fatalf("opening a newer store: %v, want ErrSchemaTooNew", err)
+			}
+			t.Logf("refused with: %v", err)
+		})
+	}
+}
+
+func readerOf(s Store) *reader {
+	switch s := s.(type) {
+	case *sqliteStore:
+		return &s.reader
+	case *pgStore:
+		return &s.reader
+	}
+	return nil
+}

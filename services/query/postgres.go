@@ -1,0 +1,308 @@
+package query
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+)
+
+var pgTypes = strings.NewReplacer("{int}", "BIGINT", "{real}", "DOUBLE PRECISION", "{blob}", "BYTEA", "{norowid}", "")
+
+// writeLock is the advisory lock every writer (and migration) of a
+// PostgreSQL store holds for its transaction: cloud deltas depend on the
+// rows of other batches, so writers of one store take turns, across
+// processes too.
+const writeLock = 0x7461_6c6c_7971 // "tallyq"
+
+// pgStore is the scale-out store: PostgreSQL through a pgx pool. A write
+// is a handful of set-based statements whatever the batch size.
+type pgStore struct {
+	reader
+	pool *pgxpool.Pool
+}
+
+func openPostgres(ctx context.Context, dsn string, target int) (*pgStore, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		// pgx's parse errors can quote the whole DSN, password included.
+		return nil, errors.New("query: postgres store: cannot parse the URL")
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("query: postgres store: %w", err)
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("query: postgres store %s:%d: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, err)
+	}
+	s := &pgStore{pool: pool}
+	s.reader = reader{d: dialect{real: "DOUBLE PRECISION", dollar: true}, query: s.rows}
+	if err := s.migrate(ctx, target); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+type pgRows struct{ pgx.Rows }
+
+func (r pgRows) Close() { r.Rows.Close() }
+
+func (s *pgStore) rows(ctx context.Context, q string, args ...any) (rows, error) {
+	rs, err := s.pool.Query(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	return pgRows{rs}, nil
+}
+
+func (s *pgStore) Close() error {
+	s.pool.Close()
+	return nil
+}
+
+// tx runs fn in a transaction holding the store's write lock.
+func (s *pgStore) tx(ctx context.Context, fn func(tx pgx.Tx) error) error {
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(writeLock)); err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+func (s *pgStore) migrate(ctx context.Context, target int) error {
+	d := s.reader.d
+	var from int
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "CREATE TABLE IF NOT EXISTS tally_schema (version BIGINT NOT NULL)"); err != nil {
+			return err
+		}
+		err := tx.QueryRow(ctx, "SELECT version FROM tally_schema").Scan(&from)
+		if errors.Is(err, pgx.ErrNoRows) {
+			_, err = tx.Exec(ctx, "INSERT INTO tally_schema (version) VALUES (0)")
+		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("query: postgres store: schema version: %w", err)
+	}
+	return migrate(ctx, from, target, pgTypes, func(ctx context.Context, run func(execer) error) error {
+		return s.tx(ctx, func(tx pgx.Tx) error {
+			// Another process may have migrated while this one waited for
+			// the lock: only step from the version really there.
+			var now int
+			if err := tx.QueryRow(ctx, "SELECT version FROM tally_schema").Scan(&now); err != nil {
+				return err
+			}
+			if now != from {
+				return nil
+			}
+			from++
+			return run(func(ctx context.Context, q string, args ...any) error {
+				_, err := tx.Exec(ctx, d.bind(q), args...)
+				return err
+			})
+		})
+	})
+}
+
+var (
+	pgUpsertRecord = "INSERT INTO records (" + strings.Join(recordColumns, ", ") + ") SELECT * FROM unnest(" +
+		unnestArgs(recordColumns, map[int]string{0: "text", 1: "text", 3: "text", 4: "text", 5: "text", 6: "text", 7: "text", 8: "text", 9: "text",
+			20: "float8", 21: "float8", 22: "float8", 25: "bytea"}) +
+		") ON CONFLICT (ident) DO UPDATE SET " + upsertSet(recordColumns, "ident") +
+		" WHERE excluded.extracted_at >= records.extracted_at"
+	pgUpsertWindow = "INSERT INTO record_windows (ident, window_from, window_to, extracted_at) " +
+		"SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) " +
+		"ON CONFLICT (ident, window_from, window_to) DO UPDATE SET extracted_at = excluded.extracted_at " +
+		"WHERE excluded.extracted_at > record_windows.extracted_at"
+	pgUpsertMonth = "INSERT INTO cloud_months (" + strings.Join(monthColumns, ", ") + ") SELECT * FROM unnest(" +
+		unnestArgs(monthColumns, map[int]string{0: "text", 1: "text", 7: "text", 8: "text", 9: "text", 10: "text", 11: "text", 12: "text",
+			13: "text", 14: "text", 15: "text", 17: "float8", 26: "float8"}) +
+		") ON CONFLICT (site, vm_uuid, year, month) DO UPDATE SET " + upsertSet(monthColumns, "site", "vm_uuid", "year", "month")
+	pgUpsertRollup = "INSERT INTO cloud_rollup (" + strings.Join(rollupColumns, ", ") + ") SELECT * FROM unnest(" +
+		unnestArgs(rollupColumns, map[int]string{2: "text", 3: "text", 4: "text", 5: "text", 6: "text", 7: "text", 8: "text", 13: "float8"}) +
+		")" + upsertRollupSet
+	pgUpsertUsage = "INSERT INTO usage_rollup (" + strings.Join(usageColumns, ", ") + ") SELECT * FROM unnest(" +
+		unnestArgs(usageColumns, map[int]string{3: "text", 4: "text", 5: "text", 6: "text", 7: "text", 8: "text", 9: "text", 12: "float8", 13: "float8"}) +
+		")" + upsertUsageSet
+	pgSelectMonths = "SELECT " + strings.Join(prefixed("m.", monthColumns), ", ") +
+		" FROM cloud_months m JOIN unnest($1::text[], $2::text[]) AS k(site, vm) ON m.site = k.site AND m.vm_uuid = k.vm"
+)
+
+// unnestArgs lists $n::type[] for each column; types not given are int8.
+func unnestArgs(cols []string, types map[int]string) string {
+	parts := make([]string, len(cols))
+	for i := range cols {
+		t, ok := types[i]
+		if !ok {
+			t = "int8"
+		}
+		parts[i] = fmt.Sprintf("$%d::%s[]", i+1, t)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func prefixed(p string, cols []string) []string {
+	out := make([]string, len(cols))
+	for i, c := range cols {
+		out[i] = p + c
+	}
+	return out
+}
+
+// columns turns rows of values into one array per column, for unnest.
+func columns(n int, rows [][]any) []any {
+	cols := make([][]any, n)
+	for i := range cols {
+		cols[i] = make([]any, 0, len(rows))
+	}
+	for _, r := range rows {
+		for i, v := range r {
+			cols[i] = append(cols[i], v)
+		}
+	}
+	out := make([]any, n)
+	for i, c := range cols {
+		out[i] = typedSlice(c)
+	}
+	return out
+}
+
+// typedSlice converts []any to the typed slice pgx encodes as an array.
+func typedSlice(vals []any) any {
+	if len(vals) == 0 {
+		return []any{}
+	}
+	switch vals[0].(type) {
+	case string:
+		return convert[string](vals)
+	case int64:
+		return convert[int64](vals)
+	case *int64:
+		return convert[*int64](vals)
+	case float64:
+		return convert[float64](vals)
+	case []byte:
+		return convert[[]byte](vals)
+	}
+	return vals
+}
+
+func convert[T any](vals []any) []T {
+	out := make([]T, len(vals))
+	for i, v := range vals {
+		out[i] = v.(T)
+	}
+	return out
+}
+
+func (s *pgStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	b, err := planBatch(recs)
+	if err != nil {
+		return err
+	}
+	err = s.tx(ctx, func(tx pgx.Tx) error {
+		stored := map[vmKey][]monthRow{}
+		if len(b.vms) > 0 {
+			sites, vms := make([]string, len(b.vms)), make([]string, len(b.vms))
+			for i, k := range b.vms {
+				sites[i], vms[i] = k.site, k.vm
+			}
+			rs, err := tx.Query(ctx, pgSelectMonths, sites, vms)
+			if err != nil {
+				return err
+			}
+			for rs.Next() {
+				var m monthRow
+				if err := rs.Scan(m.pointers()...); err != nil {
+					rs.Close()
+					return err
+				}
+				k := vmKey{m.site, m.vm}
+				stored[k] = append(stored[k], m)
+			}
+			rs.Close()
+			if err := rs.Err(); err != nil {
+				return err
+			}
+		}
+		// The stored versions of records the usage rollup sums, to take
+		// them out of it where the batch replaces them.
+		prior := map[string]*attrs{}
+		if ids := b.rolledIdents(); len(ids) > 0 {
+			rs, err := tx.Query(ctx, "SELECT "+strings.Join(storedColumns, ", ")+" FROM records WHERE ident = ANY($1::text[])", ids)
+			if err != nil {
+				return err
+			}
+			for rs.Next() {
+				a := &attrs{}
+				if err := rs.Scan(storedAttrs(a)...); err != nil {
+					rs.Close()
+					return err
+				}
+				prior[a.ident] = a
+			}
+			rs.Close()
+			if err := rs.Err(); err != nil {
+				return err
+			}
+		}
+		recRows := make([][]any, len(b.recs))
+		for i := range b.recs {
+			recRows[i] = recordValues(&b.recs[i])
+		}
+		if _, err := tx.Exec(ctx, pgUpsertRecord, columns(len(recordColumns), recRows)...); err != nil {
+			return fmt.Errorf("records: %w", err)
+		}
+		if rows := b.usage(prior).rows(); len(rows) > 0 {
+			if _, err := tx.Exec(ctx, pgUpsertUsage, columns(len(usageColumns), rows)...); err != nil {
+				return fmt.Errorf("usage_rollup: %w", err)
+			}
+		}
+		winRows := make([][]any, len(b.windows))
+		for i, a := range b.windows {
+			winRows[i] = []any{a.ident, a.windowFrom, a.windowTo, a.extractedAt}
+		}
+		if _, err := tx.Exec(ctx, pgUpsertWindow, columns(4, winRows)...); err != nil {
+			return fmt.Errorf("record_windows: %w", err)
+		}
+		months, roll := b.months(stored)
+		if len(months) == 0 {
+			return nil
+		}
+		monRows := make([][]any, len(months))
+		for i := range months {
+			monRows[i] = months[i].values()
+		}
+		if _, err := tx.Exec(ctx, pgUpsertMonth, columns(len(monthColumns), monRows)...); err != nil {
+			return fmt.Errorf("cloud_months: %w", err)
+		}
+		if rows := roll.rows(); len(rows) > 0 {
+			if _, err := tx.Exec(ctx, pgUpsertRollup, columns(len(rollupColumns), rows)...); err != nil {
+				return fmt.Errorf("cloud_rollup: %w", err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("query: write: %w", err)
+	}
+	return nil
+}

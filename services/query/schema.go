@@ -1,0 +1,180 @@
+package query
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// migrations are the schema's versions, in order: migrations[i] brings a
+// store from version i to i+1. They are never edited once released, only
+// appended to. {int}, {real} and {blob} become each database's types;
+// {norowid} makes SQLite keep a table in its primary key's b-tree alone.
+var migrations = []string{
+	// 1: records (the latest of each identity) and cloud_months (APEL's
+	// CloudRecords: one row per VM and MeasurementTime month, with deltas).
+	`CREATE TABLE records (
+		ident TEXT PRIMARY KEY,
+		key TEXT NOT NULL,
+		rtype {int} NOT NULL,
+		region TEXT NOT NULL,
+		site TEXT NOT NULL,
+		project_id TEXT NOT NULL,
+		vo TEXT NOT NULL,
+		local_user TEXT NOT NULL,
+		global_user TEXT NOT NULL,
+		status TEXT NOT NULL,
+		cpu_count {int} NOT NULL,
+		start_ts {int} NOT NULL,
+		end_ts {int},
+		year {int} NOT NULL,
+		month {int} NOT NULL,
+		extracted_at {int} NOT NULL,
+		window_from {int} NOT NULL,
+		window_to {int} NOT NULL,
+		wall_s {int} NOT NULL,
+		cpu_s {int} NOT NULL,
+		norm_s {real} NOT NULL,
+		gpu_s {real} NOT NULL,
+		gb_s {real} NOT NULL,
+		ip_version {int} NOT NULL,
+		ip_count {int} NOT NULL,
+		data {blob} NOT NULL
+	);
+	CREATE INDEX records_order ON records (start_ts, ident);
+	CREATE INDEX records_key ON records (key);
+	CREATE TABLE cloud_months (
+		site TEXT NOT NULL,
+		vm_uuid TEXT NOT NULL,
+		year {int} NOT NULL,
+		month {int} NOT NULL,
+		measure_ts {int} NOT NULL,
+		span_from {int} NOT NULL,
+		span_to {int} NOT NULL,
+		region TEXT NOT NULL,
+		project_id TEXT NOT NULL,
+		vo TEXT NOT NULL,
+		local_user TEXT NOT NULL,
+		global_user TEXT NOT NULL,
+		status TEXT NOT NULL,
+		image_id TEXT NOT NULL,
+		benchmark_type TEXT NOT NULL,
+		service TEXT NOT NULL,
+		cpu_count {int} NOT NULL,
+		benchmark {real} NOT NULL,
+		memory {int} NOT NULL,
+		disk {int} NOT NULL,
+		start_ts {int} NOT NULL,
+		end_ts {int},
+		wall_cum {int} NOT NULL,
+		cpu_cum {int} NOT NULL,
+		wall_d {int} NOT NULL,
+		cpu_d {int} NOT NULL,
+		norm_d {real} NOT NULL,
+		extracted_at {int} NOT NULL,
+		window_from {int} NOT NULL,
+		window_to {int} NOT NULL,
+		PRIMARY KEY (site, vm_uuid, year, month)
+	){norowid}`,
+
+	// 2: every extraction window a record came from (provenance), filled
+	// from the windows version 1 kept, and indexes for the common filters.
+	// records_usage covers the usual summaries of records other than cloud
+	// ones (those come from cloud_months, or cloud_rollup since version 3),
+	// so they never read the stored records themselves.
+	`CREATE TABLE record_windows (
+		ident TEXT NOT NULL,
+		window_from {int} NOT NULL,
+		window_to {int} NOT NULL,
+		extracted_at {int} NOT NULL,
+		PRIMARY KEY (ident, window_from, window_to)
+	){norowid};
+	INSERT INTO record_windows (ident, window_from, window_to, extracted_at)
+		SELECT ident, window_from, window_to, extracted_at FROM records;
+	CREATE INDEX records_vo ON records (vo, start_ts, ident);
+	CREATE INDEX records_project ON records (project_id, start_ts, ident);
+	CREATE INDEX records_usage ON records (rtype, year, month, vo, project_id, gpu_s, gb_s) WHERE rtype <> 1`,
+
+	// 3: cloud_rollup, the sums of cloud_months per summary dimension, and
+	// usage_rollup, those of accelerator, storage and energy records (2, 4
+	// and 5), kept up to date by every write; filled here.
+	`CREATE TABLE cloud_rollup (
+		year {int} NOT NULL,
+		month {int} NOT NULL,
+		vo TEXT NOT NULL,
+		project_id TEXT NOT NULL,
+		local_user TEXT NOT NULL,
+		global_user TEXT NOT NULL,
+		region TEXT NOT NULL,
+		site TEXT NOT NULL,
+		status TEXT NOT NULL,
+		cpu_count {int} NOT NULL,
+		n {int} NOT NULL,
+		wall {int} NOT NULL,
+		cpu {int} NOT NULL,
+		norm {real} NOT NULL,
+		PRIMARY KEY (year, month, vo, project_id, local_user, global_user, region, site, status, cpu_count)
+	){norowid};
+	INSERT INTO cloud_rollup
+		SELECT year, month, vo, project_id, local_user, global_user, region, site, status, cpu_count,
+			COUNT(*), SUM(wall_d), SUM(cpu_d), SUM(norm_d)
+		FROM cloud_months
+		GROUP BY year, month, vo, project_id, local_user, global_user, region, site, status, cpu_count;
+	CREATE TABLE usage_rollup (
+		rtype {int} NOT NULL,
+		year {int} NOT NULL,
+		month {int} NOT NULL,
+		vo TEXT NOT NULL,
+		project_id TEXT NOT NULL,
+		local_user TEXT NOT NULL,
+		global_user TEXT NOT NULL,
+		region TEXT NOT NULL,
+		site TEXT NOT NULL,
+		status TEXT NOT NULL,
+		cpu_count {int} NOT NULL,
+		n {int} NOT NULL,
+		gpu_s {real} NOT NULL,
+		gb_s {real} NOT NULL,
+		PRIMARY KEY (rtype, year, month, vo, project_id, local_user, global_user, region, site, status, cpu_count)
+	){norowid};
+	INSERT INTO usage_rollup
+		SELECT rtype, year, month, vo, project_id, local_user, global_user, region, site, status, cpu_count,
+			COUNT(*), SUM(gpu_s), SUM(gb_s)
+		FROM records
+		WHERE rtype IN (2, 4, 5)
+		GROUP BY rtype, year, month, vo, project_id, local_user, global_user, region, site, status, cpu_count`,
+}
+
+// ErrSchemaTooNew is returned when a store was written by a newer tally.
+var ErrSchemaTooNew = errors.New("query: store schema is newer than this tally")
+
+// execer runs statements inside a migration's transaction.
+type execer func(ctx context.Context, q string, args ...any) error
+
+// migrate brings a store at version from up to version to, one
+// transaction per step (each step also records its version), so a failed
+// step leaves the store at the previous version, never half-migrated.
+func migrate(ctx context.Context, from, to int, types *strings.Replacer, step func(ctx context.Context, run func(exec execer) error) error) error {
+	if from > len(migrations) {
+		return fmt.Errorf("%w: the store is at schema version %d, this tally knows versions up to %d; run a newer tally (or restore a backup)",
+			ErrSchemaTooNew, from, len(migrations))
+	}
+	for v := from; v < to; v++ {
+		err := step(ctx, func(exec execer) error {
+			for stmt := range strings.SplitSeq(types.Replace(migrations[v]), ";\n") {
+				if strings.TrimSpace(stmt) == "" {
+					continue
+				}
+				if err := exec(ctx, stmt); err != nil {
+					return err
+				}
+			}
+			return exec(ctx, "UPDATE tally_schema SET version = ?", v+1)
+		})
+		if err != nil {
+			return fmt.Errorf("query: migrate the store from schema version %d to %d: %w", v, v+1, err)
+		}
+	}
+	return nil
+}
