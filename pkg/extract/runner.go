@@ -146,7 +146,8 @@ func (e *Runner) Run(ctx context.Context, opts Options) (sum Summary, err error)
 	began := time.Now()
 	sum = Summary{Extractor: e.src.Name(), Failed: map[string]string{}, Skipped: map[string]string{}, Records: map[string]int{}}
 	defer func() { sum.Duration = time.Since(began) }()
-	now := time.Now().UTC()
+	// Whole seconds: APEL times are integer epochs, and state keys stay readable.
+	now := time.Now().UTC().Truncate(time.Second)
 	to := opts.To.UTC()
 	if to.IsZero() {
 		to = now
