@@ -53,6 +53,7 @@ func commands() []command {
 	return []command{
 		{"serve", "run tally's services (all in one process by default)", serve},
 		{"extract", "extract one window and deliver it, then exit (for cron)", extractCmd},
+		{"audit", "StackTach's usage audit of the verified exists (nova|glance)", auditCmd},
 		{"query", "read the delivered records: records, get, summary, watch (\"query --help\")", func(ctx context.Context, args []string, env Env) int {
 			return query.Command(ctx, args, env.Stdout, env.Stderr, env.getenv)
 		}},

@@ -1,0 +1,119 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/tally-accounting/tally/pkg/config"
+	"github.com/tally-accounting/tally/services/verifier"
+)
+
+// auditCmd prints StackTach's usage audit of the verifier's store.
+func auditCmd(ctx context.Context, args []string, env Env) int {
+	if len(args) == 0 || (args[0] != "nova" && args[0] != "glance") {
+		fmt.Fprintln(env.Stderr, "Usage: tally audit nova|glance [--period hour|day|month|year] [--at T] [--json] [--config FILE]")
+		return 2
+	}
+	service := args[0]
+	cfg := DefaultConfig()
+	fs := flag.NewFlagSet("audit", flag.ContinueOnError)
+	path := commonFlags(fs, &cfg)
+	period := fs.String("period", "day", "audited `period`: the whole hour, day, month or year before --at")
+	at := fs.String("at", "", "audit the period before this `time` (RFC 3339 or YYYY-MM-DD); default now")
+	asJSON := fs.Bool("json", false, "print JSON (the default when stdout is not a terminal)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), `Usage: tally audit nova|glance [flags]
+
+Reports, for the last whole period, StackTach's usage audit from the
+verifier's store: exists notifications by status (periodic and
+instantaneous), each failed exists with the field, the expected and the
+actual value, and every instance or image in use without an exists.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
+	if code, ok := parseFlags(fs, args[1:], env); !ok {
+		return code
+	}
+	if *path == "" {
+		*path = env.getenv("TALLY_CONFIG")
+	}
+	if _, err := config.Layer(&cfg, fs, *path, env.Environ); err != nil {
+		fmt.Fprintf(env.Stderr, "tally audit: %v\n", err)
+		return 2
+	}
+	now := time.Now()
+	if *at != "" {
+		t, err := ParseTime(*at)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "tally audit: --at: %v\n", err)
+			return 2
+		}
+		now = t
+	}
+	begin, end, err := verifier.PreviousPeriod(now, *period)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "tally audit: --period: %v\n", err)
+		return 2
+	}
+	if _, err := os.Stat(cfg.Verifier.Store.Path); err != nil {
+		fmt.Fprintf(env.Stderr, "tally audit: the verifier's store %s: %v (is the verifier running with this --data-dir?)\n", cfg.Verifier.Store.Path, err)
+		return 1
+	}
+	store, err := verifier.OpenSQLite(ctx, cfg.Verifier.Store.Path)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "tally audit: %v\n", err)
+		return 1
+	}
+	defer store.Close()
+	report, err := verifier.Audit(ctx, store, service, begin, end)
+	if err != nil {
+		fmt.Fprintf(env.Stderr, "tally audit: %v\n", err)
+		return 1
+	}
+	if f, ok := env.Stdout.(*os.File); *asJSON || !ok || !term.IsTerminal(int(f.Fd())) {
+		enc := json.NewEncoder(env.Stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(report); err != nil {
+			return 1
+		}
+		return 0
+	}
+	printAudit(env.Stdout, report)
+	return 0
+}
+
+func printAudit(w io.Writer, r *verifier.AuditReport) {
+	fmt.Fprintf(w, "%s usage audit, %s to %s\n\n", r.Service, r.PeriodBegin.Format(time.RFC3339), r.PeriodEnd.Format(time.RFC3339))
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "exists\tcount\tverified\tfailed\tpending\tverifying")
+	for _, k := range []string{"periodic", "instantaneous"} {
+		c := r.Summary[k]
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\n", k, c.Count, c.Verified, c.Failed, c.Pending, c.Verifying)
+	}
+	tw.Flush()
+	if len(r.ExistFails) > 0 {
+		fmt.Fprintln(w, "\nfailed exists:")
+		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "uuid\tfield\texpected\tactual")
+		for _, f := range r.ExistFails {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", f.UUID, f.Field, f.Expected, f.Actual)
+		}
+		tw.Flush()
+	}
+	if len(r.MissingExists) > 0 {
+		fmt.Fprintln(w, "\nin use without an exists:")
+		for _, m := range r.MissingExists {
+			fmt.Fprintf(w, "  %s  %s\n", m.UUID, m.Reason)
+		}
+	}
+}
