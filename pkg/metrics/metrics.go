@@ -71,6 +71,9 @@ func New() *Metrics {
 
 // Handled implements bus.ConsumerObserver.
 func (m *Metrics) Handled(stage string, err error, deadLettered bool) {
+	if m == nil {
+		return
+	}
 	switch {
 	case deadLettered:
 		m.DeadLetters.WithLabelValues(stage).Inc()
@@ -81,6 +84,9 @@ func (m *Metrics) Handled(stage string, err error, deadLettered bool) {
 
 // Pending implements bus.ConsumerObserver.
 func (m *Metrics) Pending(stage string, numPending uint64, numAckPending int) {
+	if m == nil {
+		return
+	}
 	m.ConsumerPending.WithLabelValues(stage).Set(float64(numPending))
 	m.ConsumerAckPending.WithLabelValues(stage).Set(float64(numAckPending))
 }
