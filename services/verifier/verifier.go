@@ -307,43 +307,11 @@ func (v *Verifier) VerifyPending(ctx context.Context) (PassResult, error) {
 			res.Failed++
 		}
 	}
-	for {
-		batch, err := v.store.ClaimInstanceExists(ctx, endingMax, v.cfg.BatchSize)
-		if err != nil {
-			return res, err
-		}
-		if err := pool(ctx, v.cfg.PoolSize, batch, func(e InstanceExists) error {
-			f, err := v.verifyInstance(ctx, e)
-			if err != nil {
-				return err
-			}
-			count(f)
-			return nil
-		}); err != nil {
-			return res, err
-		}
-		if len(batch) < v.cfg.BatchSize {
-			break
-		}
+	if err := drain(ctx, v, endingMax, v.store.ClaimInstanceExists, v.verifyInstance, count); err != nil {
+		return res, err
 	}
-	for {
-		batch, err := v.store.ClaimImageExists(ctx, endingMax, v.cfg.BatchSize)
-		if err != nil {
-			return res, err
-		}
-		if err := pool(ctx, v.cfg.PoolSize, batch, func(e ImageExists) error {
-			f, err := v.verifyImage(ctx, e)
-			if err != nil {
-				return err
-			}
-			count(f)
-			return nil
-		}); err != nil {
-			return res, err
-		}
-		if len(batch) < v.cfg.BatchSize {
-			break
-		}
+	if err := drain(ctx, v, endingMax, v.store.ClaimImageExists, v.verifyImage, count); err != nil {
+		return res, err
 	}
 	if res.Verified+res.Failed > 0 {
 		v.logger.Info("verification pass", "verified", res.Verified, "failed", res.Failed)
@@ -448,4 +416,32 @@ func (v *Verifier) finish(kind string, id int64, msgID string, f *Failure, mark 
 		v.logger.Debug("exists failed", "kind", kind, "id", id, "message_id", msgID, "field", f.Field, "reason", f.Reason)
 	}
 	return nil
+}
+
+// drain claims pending exists of one kind a batch at a time and verifies
+// each batch with the worker pool, until a short batch says none is left.
+func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time,
+	claim func(context.Context, time.Time, int) ([]E, error),
+	verify func(context.Context, E) (*Failure, error),
+	count func(*Failure),
+) error {
+	for {
+		batch, err := claim(ctx, endingMax, v.cfg.BatchSize)
+		if err != nil {
+			return err
+		}
+		if err := pool(ctx, v.cfg.PoolSize, batch, func(e E) error {
+			f, err := verify(ctx, e)
+			if err != nil {
+				return err
+			}
+			count(f)
+			return nil
+		}); err != nil {
+			return err
+		}
+		if len(batch) < v.cfg.BatchSize {
+			return nil
+		}
+	}
 }
