@@ -1,8 +1,6 @@
 package cinder
 
 import (
-	"bufio"
-	"bytes"
 	"io"
 	"log/slog"
 	"slices"
@@ -10,10 +8,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tally-accounting/tally/pkg/extract"
-	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 	"github.com/tally-accounting/tally/pkg/openstack"
 	"github.com/tally-accounting/tally/services/sim"
 	"github.com/tally-accounting/tally/services/sim/simtest"
@@ -81,9 +77,8 @@ func TestAgainstTheSimulator(t *testing.T) {
 			env := cloud.Env(t, user)
 			auth := openstack.FromEnv(func(k string) string { return env[k] })
 			ecfg := extract.DefaultConfig()
-			var out bytes.Buffer
 			runner := extract.NewRunner(NewSource(ecfg), ecfg, auth, extract.Deps{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-			sum, err := runner.Run(t.Context(), extract.Options{From: w.From, To: w.To, DryRun: true, DryRunOut: &out})
+			recs, sum, err := extract.DryRunRecords(t.Context(), runner, extract.Options{From: w.From, To: w.To})
 			if err != nil {
 				t.Fatalf("Run: %v (%+v)", err, sum)
 			}
@@ -92,12 +87,7 @@ func TestAgainstTheSimulator(t *testing.T) {
 				t.Errorf("mode = %s, want %s", sum.Mode, wantMode)
 			}
 			got := map[string]want{}
-			sc := bufio.NewScanner(&out)
-			for sc.Scan() {
-				var r tallyv1.Record
-				if err := protojson.Unmarshal(sc.Bytes(), &r); err != nil {
-					t.Fatalf("dry-run line %q: %v", sc.Text(), err)
-				}
+			for _, r := range recs {
 				s := r.GetStorage()
 				if r.GetKey() != Key(s.GetRecordId(), w.To) || r.GetProvenance().GetProjectId() != s.GetLocalGroup() {
 					t.Errorf("key %q / provenance %v do not match record %v", r.GetKey(), r.GetProvenance(), s)

@@ -1,19 +1,16 @@
 package energy
 
 import (
-	"bufio"
-	"bytes"
 	"io"
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tally-accounting/tally/pkg/extract"
-	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 	"github.com/tally-accounting/tally/pkg/openstack"
 	"github.com/tally-accounting/tally/services/sim"
 	"github.com/tally-accounting/tally/services/sim/simtest"
@@ -87,18 +84,13 @@ func TestAgainstTheSimulator(t *testing.T) {
 			if err := ecfg.Validate(); err != nil {
 				t.Fatal(err)
 			}
-			var out bytes.Buffer
 			r := extract.NewRunner(NewSource(ecfg, logger), ecfg.Config, auth, extract.Deps{Logger: logger})
-			if _, err := r.Run(t.Context(), extract.Options{From: w.From, To: w.To, DryRun: true, DryRunOut: &out}); err != nil {
+			recs, _, err := extract.DryRunRecords(t.Context(), r, extract.Options{From: w.From, To: w.To})
+			if err != nil {
 				t.Fatal(err)
 			}
 			got := map[string]float64{}
-			sc := bufio.NewScanner(&out)
-			for sc.Scan() {
-				var rec tallyv1.Record
-				if err := protojson.Unmarshal(sc.Bytes(), &rec); err != nil {
-					t.Fatal(err)
-				}
+			for _, rec := range recs {
 				e := rec.GetEnergy()
 				got[e.GetExecUnitId()] = e.GetEnergyWh()
 				if e.GetWallClockTimeS() != int64(w.To.Sub(e.GetStartExecTime().AsTime())/time.Second) || e.GetCpuDurationS() < e.GetWallClockTimeS() {
@@ -142,7 +134,7 @@ func TestConfigValidate(t *testing.T) {
 		c := DefaultConfig()
 		tt.mutate(&c)
 		err := c.Validate()
-		if (err == nil) != (tt.key == "") || (err != nil && !bytes.Contains([]byte(err.Error()), []byte(tt.key))) {
+		if (err == nil) != (tt.key == "") || (err != nil && !strings.Contains(err.Error(), tt.key)) {
 			t.Errorf("%s: Validate() = %v, want key %q", tt.name, err, tt.key)
 		}
 	}

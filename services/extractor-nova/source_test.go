@@ -1,18 +1,14 @@
 package nova
 
 import (
-	"bufio"
-	"bytes"
 	"io"
 	"log/slog"
 	"slices"
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/tally-accounting/tally/pkg/extract"
-	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 	"github.com/tally-accounting/tally/pkg/openstack"
 	"github.com/tally-accounting/tally/services/sim"
 	"github.com/tally-accounting/tally/services/sim/simtest"
@@ -68,9 +64,8 @@ func TestSourceAgainstTheSimulator(t *testing.T) {
 			env := cloud.Env(t, tt.user)
 			auth := openstack.FromEnv(func(k string) string { return env[k] })
 			ncfg := DefaultConfig()
-			var out bytes.Buffer
 			r := extract.NewRunner(NewSource(ncfg, "tally/test", logger), ncfg.Config, auth, extract.Deps{Logger: logger})
-			sum, err := r.Run(t.Context(), extract.Options{From: w.From, To: w.To, DryRun: true, DryRunOut: &out})
+			recs, sum, err := extract.DryRunRecords(t.Context(), r, extract.Options{From: w.From, To: w.To})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -81,12 +76,7 @@ func TestSourceAgainstTheSimulator(t *testing.T) {
 				t.Errorf("%d API calls, want at most %d", sum.APICalls, tt.maxCalls)
 			}
 			got := map[string]bool{}
-			sc := bufio.NewScanner(&out)
-			for sc.Scan() {
-				var rec tallyv1.Record
-				if err := protojson.Unmarshal(sc.Bytes(), &rec); err != nil {
-					t.Fatal(err)
-				}
+			for _, rec := range recs {
 				if c := rec.GetCloud(); c != nil {
 					if got[c.GetVmUuid()] {
 						t.Errorf("server %s reported twice", c.GetVmUuid())

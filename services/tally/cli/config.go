@@ -302,11 +302,10 @@ func (c *Config) Validate() error {
 }
 
 func validAddr(s string) error {
-	host, port, err := net.SplitHostPort(s)
+	_, port, err := net.SplitHostPort(s)
 	if err != nil {
 		return fmt.Errorf("%q is not host:port", s)
 	}
-	_ = host
 	if port == "" {
 		return fmt.Errorf("%q has no port", s)
 	}
