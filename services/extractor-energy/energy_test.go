@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/tally-accounting/tally/pkg/extract"
 	"github.com/tally-accounting/tally/pkg/openstack"
 	"github.com/tally-accounting/tally/services/sim"
