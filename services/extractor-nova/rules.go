@@ -11,6 +11,7 @@ import (
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/tally-accounting/tally/pkg/apel"
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 )
 
@@ -257,14 +258,13 @@ func Accelerators(s Server, w Window, site Site, keys Keys) []*tallyv1.Accelerat
 	return out
 }
 
-// AcceleratorType normalises a flavor's accelerator type to the values APEL
-// accepts (GPU, FPGA, Other); cASO copies it verbatim and APEL rejects "gpu".
+// AcceleratorType normalises a flavor's accelerator type with APEL's own
+// mapping (apel.AcceleratorType), so the record the extractor builds is the
+// one the messengers validate; anything APEL has no name for is "Other"
+// (cASO copied the value verbatim and APEL rejected "gpu").
 func AcceleratorType(s string) string {
-	switch strings.ToUpper(strings.TrimSpace(s)) {
-	case "GPU":
-		return "GPU"
-	case "FPGA":
-		return "FPGA"
+	if typ, ok := apel.AcceleratorType(s); ok {
+		return typ
 	}
 	return "Other"
 }

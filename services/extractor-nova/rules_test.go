@@ -271,7 +271,7 @@ func TestAccelerators(t *testing.T) {
 }
 
 func TestAcceleratorType(t *testing.T) {
-	for in, want := range map[string]string{"GPU": "GPU", "gpu": "GPU", " fpga ": "FPGA", "TPU": "Other", "": "Other"} {
+	for in, want := range map[string]string{"GPU": "GPU", "gpu": "GPU", " fpga ": "FPGA", "vGPU": "GPU", "other": "Other", "TPU": "Other", "": "Other"} {
 		if got := AcceleratorType(in); got != want {
 			t.Errorf("AcceleratorType(%q) = %q, want %q", in, got, want)
 		}
