@@ -41,16 +41,6 @@ type Server struct {
 	FloatingIPs int
 }
 
-// Usage is a server's entry in os-simple-tenant-usage; its sizes win over
-// the flavor's, as in cASO.
-type Usage struct {
-	InstanceID string
-	MemoryMB   int64
-	VCPUs      int
-	LocalGB    int64
-	EndedAt    time.Time
-}
-
 // Window is the extraction window [From, To].
 type Window struct{ From, To time.Time }
 
@@ -123,13 +113,12 @@ func Status(nova string) string {
 // Warnf reports a problem with one server that does not stop its record.
 type Warnf func(format string, args ...any)
 
-// Cloud builds the cloud record of a server for a window. usage may be nil;
-// imageRef maps an image id to what ImageId should say.
-func Cloud(s Server, u *Usage, w Window, site Site, keys Keys, imageRef func(string) string, warn Warnf) *tallyv1.CloudRecord {
+// Cloud builds the cloud record of a server for a window; imageRef maps an
+// image id to what ImageId should say. The sizes are the embedded flavor's:
+// the values at boot or last resize, which os-simple-tenant-usage (cASO's
+// source for them) reports too.
+func Cloud(s Server, w Window, site Site, keys Keys, imageRef func(string) string, warn Warnf) *tallyv1.CloudRecord {
 	start, end := Lifetime(s)
-	if u != nil && end.IsZero() && !u.EndedAt.IsZero() {
-		end = u.EndedAt
-	}
 	r := &tallyv1.CloudRecord{
 		VmUuid:              s.ID,
 		SiteName:            site.Name,
@@ -158,9 +147,6 @@ func Cloud(s Server, u *Usage, w Window, site Site, keys Keys, imageRef func(str
 		r.Memory = f.RAM
 		r.Disk = f.Disk + f.Ephemeral
 		benchmark(r, f, keys, warn)
-	}
-	if u != nil {
-		r.Memory, r.CpuCount, r.Disk = u.MemoryMB, int32(u.VCPUs), u.LocalGB
 	}
 	// cASO reports at least one second of each; kept for parity with it.
 	r.WallDuration = max(wall, 1)

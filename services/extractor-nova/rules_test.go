@@ -94,7 +94,6 @@ func TestCloud(t *testing.T) {
 	tests := []struct {
 		name     string
 		server   func() Server
-		usage    *Usage
 		imageRef func(string) string
 		want     *tallyv1.CloudRecord
 		warnings int
@@ -145,13 +144,6 @@ func TestCloud(t *testing.T) {
 			want: &tallyv1.CloudRecord{Status: "error", EndTime: timestamppb.New(at("2026-11-01T10:00:00Z")), WallDuration: 1, CpuDuration: 1},
 		},
 		{
-			name:   "usage sizes override the flavor; usage end ends it",
-			server: func() Server { return running("a", "2026-10-31T12:00:00Z") },
-			usage:  &Usage{MemoryMB: 4096, VCPUs: 3, LocalGB: 20, EndedAt: at("2026-11-01T12:00:00Z")},
-			want: &tallyv1.CloudRecord{Status: "started", EndTime: timestamppb.New(at("2026-11-01T12:00:00Z")),
-				WallDuration: 24 * 3600, CpuDuration: 3 * 24 * 3600, CpuCount: 3, Memory: 4096, Disk: 20, ImageId: ptr("img-1")},
-		},
-		{
 			name: "benchmark flavor and a marketplace image",
 			server: func() Server {
 				s := running("a", "2026-11-01T23:00:00Z")
@@ -188,7 +180,7 @@ func TestCloud(t *testing.T) {
 			s := tt.server()
 			s.FloatingIPs = 2
 			var warnings []string
-			got := Cloud(s, tt.usage, window, site, DefaultKeys(), tt.imageRef, func(f string, a ...any) { warnings = append(warnings, fmt.Sprintf(f, a...)) })
+			got := Cloud(s, window, site, DefaultKeys(), tt.imageRef, func(f string, a ...any) { warnings = append(warnings, fmt.Sprintf(f, a...)) })
 			want := tt.want
 			want.VmUuid, want.SiteName, want.CloudComputeService, want.CloudType = "a", site.Name, site.Service, site.CloudType
 			want.MachineName, want.LocalUserId, want.LocalGroupId, want.PublicIpCount = "vm-a", "u1", "p1", 2

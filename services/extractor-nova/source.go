@@ -168,7 +168,7 @@ func (s *Source) emit(ctx context.Context, sv Server, w extract.Window, emit ext
 		}
 		return id
 	}
-	cloud := Cloud(sv, nil, win, site, s.cfg.Keys(), imageRef, warn)
+	cloud := Cloud(sv, win, site, s.cfg.Keys(), imageRef, warn)
 	recs := []*tallyv1.Record{{Key: CloudKey(sv.ID), Payload: &tallyv1.Record_Cloud{Cloud: cloud}}}
 	for _, acc := range Accelerators(sv, win, site, s.cfg.Keys()) {
 		recs = append(recs, &tallyv1.Record{Key: AcceleratorKey(sv.ID, acc.MeasurementYear, acc.MeasurementMonth),
