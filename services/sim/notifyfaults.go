@@ -12,14 +12,17 @@ import (
 // consumers that reconcile notifications with the APIs. Which messages were
 // damaged is in the ground truth (GET /sim/truth, notification_faults).
 type NotifyFaults struct {
-	DropExists    float64
+	DropExists float64
+	// DropLaunch is the share of launches (compute.instance.create.end and
+	// instance.create.end) never sent, kind dropped_launch.
+	DropLaunch    float64
 	CorruptExists float64
 	Duplicate     float64
 	Reorder       float64
 }
 
 func (f NotifyFaults) any() bool {
-	return f.DropExists > 0 || f.CorruptExists > 0 || f.Duplicate > 0 || f.Reorder > 0
+	return f.DropExists > 0 || f.DropLaunch > 0 || f.CorruptExists > 0 || f.Duplicate > 0 || f.Reorder > 0
 }
 
 // NotifyFault records one damaged message.
@@ -27,7 +30,7 @@ type NotifyFault struct {
 	At        time.Time `json:"at"`
 	EventType string    `json:"event_type"`
 	ServerID  string    `json:"server_id"`
-	Kind      string    `json:"kind"` // dropped, corrupted_launched_at, corrupted_flavor, duplicated, reordered
+	Kind      string    `json:"kind"` // dropped, dropped_launch, corrupted_launched_at, corrupted_flavor, duplicated, reordered
 }
 
 // chance is a deterministic draw in [0, 1) for one message and fault kind,
@@ -52,6 +55,12 @@ func setPayload(p any, key string, v any) {
 	}
 }
 
+// Apply damages msgs as the notifier would with seed, for consumers tested
+// without RabbitMQ, and reports what it did.
+func (f NotifyFaults) Apply(seed int64, msgs []Notification) ([]Notification, []NotifyFault) {
+	return applyNotifyFaults(seed, f, msgs)
+}
+
 // applyNotifyFaults damages msgs as the knobs say and reports what it did.
 func applyNotifyFaults(seed int64, f NotifyFaults, msgs []Notification) ([]Notification, []NotifyFault) {
 	if !f.any() {
@@ -66,6 +75,13 @@ func applyNotifyFaults(seed int64, f NotifyFaults, msgs []Notification) ([]Notif
 		exists := strings.HasSuffix(n.EventType, "exists")
 		if exists && chance(seed, "drop", n) < f.DropExists {
 			record(n, "dropped")
+			continue
+		}
+		// Both formats of one launch go together, as when nova-compute's
+		// notifier is down: the draw is made for the server and the second.
+		launch := n.EventType == "compute.instance.create.end" || n.EventType == "instance.create.end"
+		if launch && chance(seed, "drop_launch", Notification{ServerID: n.ServerID, Timestamp: n.Timestamp.Truncate(time.Second)}) < f.DropLaunch {
+			record(n, "dropped_launch")
 			continue
 		}
 		if exists && chance(seed, "corrupt", n) < f.CorruptExists {

@@ -298,6 +298,11 @@ func (s *Server) listServers(detail bool) func(http.ResponseWriter, *http.Reques
 		}
 		status := strings.ToUpper(v.Get("status"))
 		name := v.Get("name")
+		// uuid is an admin-only filter; Nova ignores it for others.
+		uuid := ""
+		if admin {
+			uuid = v.Get("uuid")
+		}
 		var nameRE *regexp.Regexp
 		if name != "" {
 			nameRE, _ = regexp.Compile(name)
@@ -330,7 +335,7 @@ func (s *Server) listServers(detail bool) func(http.ResponseWriter, *http.Reques
 					continue
 				}
 			}
-			if status != "" && serverStatus(st.VMState) != status {
+			if status != "" && serverStatus(st.VMState) != status || uuid != "" && srv.ID != uuid {
 				continue
 			}
 			if nameRE != nil && !nameRE.MatchString(srv.Name) {

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/tally-accounting/tally/pkg/config"
+	"github.com/tally-accounting/tally/pkg/openstack"
 )
 
 // Validation levels (validation_level), as StackTach's nova verifier.
@@ -58,6 +59,30 @@ type Config struct {
 	Store StoreConfig `yaml:"store"`
 	// Workers ingest bus messages concurrently.
 	Workers int `yaml:"workers"`
+	// Reconcile asks Nova's API about an instance whose exists fails for
+	// want of tracked state or against it (StackTach's reconcile; see
+	// reconcile.go). Default off.
+	Reconcile bool `yaml:"reconcile"`
+	// Reconciler configures it: StackTach's reconciler_config file, as a
+	// section.
+	Reconciler ReconcilerConfig `yaml:"reconciler"`
+}
+
+// ReconcilerConfig says how the reconciler reaches Nova. StackTach's
+// reconciler read Nova's database through a JSON bridge with a client
+// section and a region_mapping; tally asks Nova's API with admin
+// credentials, one region per verifier.
+type ReconcilerConfig struct {
+	// Region is the Nova region asked; empty uses client.region_name.
+	Region string `yaml:"region"`
+	// Client are credentials allowed to see every project's servers,
+	// deleted ones included (admin): pkg/openstack's keys (auth_url,
+	// username, password, project_name, ... or cloud for clouds.yaml).
+	Client openstack.AuthConfig `yaml:"client"`
+	// PoolSize bounds the concurrent calls to Nova.
+	PoolSize int `yaml:"pool_size"`
+	// Retry bounds the retries of one call (5xx, 429, cut bodies).
+	Retry openstack.RetryConfig `yaml:"retry"`
 }
 
 // Rabbit is StackTach's rabbit section. Topics maps an exchange (nova,
@@ -78,11 +103,14 @@ type Rabbit struct {
 	GlanceExchange string `yaml:"glance_exchange"`
 }
 
-// StoreConfig selects the store: sqlite (a file) for now.
+// StoreConfig selects the store: sqlite (a file, one verifier) or
+// postgres (shared by several verifier replicas).
 type StoreConfig struct {
 	Driver string `yaml:"driver"`
 	// Path is the SQLite database file.
 	Path string `yaml:"path"`
+	// DSN is the PostgreSQL connection URL (postgres://user@host/db).
+	DSN config.Secret `yaml:"dsn"`
 }
 
 // DefaultConfig returns StackTach's sample values (see Config).
@@ -96,6 +124,8 @@ func DefaultConfig() Config {
 			Topics:       map[string][]string{"nova": {"notifications.info"}, "glance": {"notifications.info"}},
 			NovaExchange: "nova", GlanceExchange: "glance"},
 		Store: StoreConfig{Driver: "sqlite", Path: "var/verifier.db"},
+		Reconciler: ReconcilerConfig{PoolSize: 4, Retry: openstack.RetryConfig{MaxAttempts: 3, BaseDelay: 500 * time.Millisecond,
+			MaxDelay: 5 * time.Second, RequestTimeout: 30 * time.Second}},
 	}
 }
 
@@ -137,10 +167,16 @@ func (c Config) Validate() error {
 		return config.Errorf("workers", "must be between 1 and 256, got %d", c.Workers)
 	case len(c.Rabbit.Topics) == 0:
 		return config.Errorf("rabbit.topics", "is empty: no exchange would be verified")
-	case c.Store.Driver != "sqlite":
-		return config.Errorf("store.driver", "must be sqlite, got %q", c.Store.Driver)
-	case c.Store.Path == "":
+	case c.Store.Driver != "sqlite" && c.Store.Driver != "postgres":
+		return config.Errorf("store.driver", "must be sqlite or postgres, got %q", c.Store.Driver)
+	case c.Store.Driver == "sqlite" && c.Store.Path == "":
 		return config.Errorf("store.path", "is empty")
+	case c.Store.Driver == "postgres" && c.Store.DSN == "":
+		return config.Errorf("store.dsn", "is empty (postgres://user@host:5432/database)")
+	case c.Reconcile && c.Reconciler.Client.IsZero():
+		return config.Errorf("reconciler.client", "is empty: reconcile needs Nova admin credentials (auth_url, username, password, project_name, or cloud)")
+	case c.Reconcile && (c.Reconciler.PoolSize < 1 || c.Reconciler.PoolSize > 64):
+		return config.Errorf("reconciler.pool_size", "must be between 1 and 64, got %d", c.Reconciler.PoolSize)
 	case c.EnableNotifications && c.Rabbit.NovaExchange == "":
 		return config.Errorf("rabbit.nova_exchange", "is empty")
 	case c.EnableNotifications && c.Rabbit.GlanceExchange == "":
@@ -153,6 +189,11 @@ func (c Config) Validate() error {
 		case "os_architecture", "os_distro", "os_version", "rax_options":
 		default:
 			return config.Errorf("required_image_meta", "unknown field %q", f)
+		}
+	}
+	if c.Reconcile {
+		if err := c.Reconciler.Client.Validate(); err != nil {
+			return config.Prefix("reconciler.client", err)
 		}
 	}
 	for ex := range c.Rabbit.Topics {

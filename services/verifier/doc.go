@@ -5,6 +5,12 @@
 // against that state once it has settled. Every exists ends verified or
 // failed with the field, the expected and the actual value.
 //
+// On the results: StackTach's usage audit (Audit) and instance hours
+// report (InstanceHours), audits kept by `tally audit --store` in a
+// ReportStore, and, beyond StackTach, CrossCheck of the usage the verified
+// exists prove against the cloud records of the record store. API serves
+// them all as the tally.v1.Verification gRPC service.
+//
 // Configuration (StackTach's key names; the defaults are its sample's):
 //
 //	verifier:
@@ -22,6 +28,15 @@
 //	  rabbit: {host: 127.0.0.1, port: 5672, userid: guest, password: guest, virtual_host: /,
 //	           topics: {nova: [notifications.info], glance: [notifications.info]}}
 //	  store: {driver: sqlite, path: var/verifier.db}
+//	  # or, shared by several verifier replicas (schema migrated at start):
+//	  # store: {driver: postgres, dsn: "postgres://verifier@db:5432/verifier"}
+//	  reconcile: false         # ask Nova about exists the tracked state fails (reconcile.go)
+//	  reconciler:
+//	    region: RegionOne      # default: client.region_name
+//	    client: {auth_url: https://keystone:5000/v3, username: admin, password: ...,
+//	             project_name: admin, user_domain_name: Default, project_domain_name: Default}
+//	    pool_size: 4           # concurrent calls to Nova
+//	    retry: {max_attempts: 3, base_delay: 500ms, max_delay: 5s, request_timeout: 30s}
 //
 // Where tally differs from StackTach, on purpose:
 //
@@ -40,5 +55,8 @@
 //     is a failure with a reason, not an AttributeError;
 //   - exists left verifying by a crash are put back to pending at start, for
 //     images too; the bus message is acked only once its effect is
-//     committed (StackTach acked first).
+//     committed (StackTach acked first);
+//   - the reconciler asks Nova's API with admin credentials, not Nova's
+//     database through a JSON bridge, and the exists that prompted it
+//     verifies when Nova agrees (see reconcile.go).
 package verifier

@@ -39,15 +39,16 @@ func TestRecordedNotificationsVerify(t *testing.T) {
 	if err != nil || len(files) < 300 {
 		t.Fatalf("recorded notifications missing in %s: %d files, %v", fixtureDir, len(files), err)
 	}
-	for _, order := range []string{"recorded", "reversed"} {
-		t.Run(order, func(t *testing.T) {
+	for i := range 2 * len(storeBackends) {
+		order, b := []string{"recorded", "reversed"}[i%2], storeBackends[i/2]
+		t.Run(b.name+"/"+order, func(t *testing.T) {
 			sort.Strings(files)
 			if order == "reversed" {
 				for i, j := 0, len(files)-1; i < j; i, j = i+1, j-1 {
 					files[i], files[j] = files[j], files[i]
 				}
 			}
-			store := openStore(t)
+			store := openConfigured(t, b.config(t))
 			v := New(testConfig(), nil, nil, nil, WithStore(store), WithClock(func() time.Time {
 				return time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)
 			}))
@@ -115,9 +116,10 @@ func TestRecordedNotificationsDetectTampering(t *testing.T) {
 		{"0327_nova_notifications.info_compute.instance.exists.json", `\"launched_at\": \"2026-11-23T11:56:52.000000\"`, `\"launched_at\": \"yesterday\"`, "launched_at"},
 	}
 	files, _ := filepath.Glob(filepath.Join(fixtureDir, "*_nova_*.json"))
-	for _, tt := range tests {
-		t.Run(tt.wantField+"/"+tt.file[:4], func(t *testing.T) {
-			store := openStore(t)
+	for i := range len(tests) * len(storeBackends) {
+		tt, b := tests[i/len(storeBackends)], storeBackends[i%len(storeBackends)]
+		t.Run(b.name+"/"+tt.wantField+"/"+tt.file[:4], func(t *testing.T) {
+			store := openConfigured(t, b.config(t))
 			v := New(testConfig(), nil, nil, nil, WithStore(store), WithClock(func() time.Time {
 				return time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)
 			}))

@@ -73,6 +73,12 @@ CREATE TABLE IF NOT EXISTS image_exists (
 	status TEXT NOT NULL, fail_field TEXT, fail_expected TEXT, fail_actual TEXT, fail_reason TEXT,
 	routing_key TEXT NOT NULL, raw BLOB, UNIQUE (msg_key, uuid));
 CREATE INDEX IF NOT EXISTS image_exists_pending ON image_exists (status, audit_end);
+CREATE TABLE IF NOT EXISTS instance_reconcile (
+	instance TEXT NOT NULL, launched_sec INTEGER NOT NULL, launched_at INTEGER NOT NULL, deleted_at INTEGER NOT NULL,
+	tenant TEXT NOT NULL, instance_type_id TEXT NOT NULL, instance_flavor_id TEXT NOT NULL, flavor_name TEXT NOT NULL,
+	os_architecture TEXT NOT NULL, os_distro TEXT NOT NULL, os_version TEXT NOT NULL, rax_options TEXT NOT NULL,
+	image_type TEXT NOT NULL, source TEXT NOT NULL, nova_status TEXT NOT NULL, reconciled INTEGER NOT NULL,
+	PRIMARY KEY (instance, launched_sec));
 `
 
 // OpenSQLite opens (creating) the database at path.

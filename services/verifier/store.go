@@ -107,6 +107,20 @@ type ImageExists struct {
 	Raw        []byte
 }
 
+// InstanceReconcile is a launch (and its delete, if any) the reconciler
+// confirmed with Nova's API: StackTach's InstanceReconcile. The fields are
+// the exists' that Nova agreed with; Source says where the confirmation
+// came from (SourceNovaAPI).
+type InstanceReconcile struct {
+	Usage     InstanceUsage
+	DeletedAt time.Time
+	Source    string
+	// NovaStatus is the server's status in Nova's answer (ACTIVE, DELETED).
+	NovaStatus string
+	// Reconciled is when Nova was asked.
+	Reconciled time.Time
+}
+
 // ExistsFilter selects exists for listings; zero fields match everything.
 type ExistsFilter struct {
 	Status Status
@@ -145,6 +159,11 @@ type Store interface {
 	AllLaunches(ctx context.Context) ([]InstanceUsage, error)
 	AllDeletes(ctx context.Context) ([]InstanceDelete, error)
 	AllImages(ctx context.Context) ([]ImageUsage, error)
+
+	// AddReconcile records a launch confirmed by the reconciler, replacing
+	// an earlier one of the same launch (instance, launched_at second).
+	AddReconcile(ctx context.Context, r InstanceReconcile) error
+	Reconciles(ctx context.Context, instance string) ([]InstanceReconcile, error)
 
 	// ResetVerifying puts exists left verifying by a crash back to pending
 	// (StackTach's run_startup, for nova only; here for both).

@@ -39,6 +39,9 @@ type Verifier struct {
 	done     chan struct{}
 	running  atomic.Bool
 	passMu   sync.Mutex
+
+	// reconciler asks Nova (reconcile: true); nil when off.
+	reconciler *reconciler
 }
 
 // Option changes how a Verifier is built.
@@ -60,6 +63,9 @@ func New(cfg Config, busFn func() *bus.Bus, m *metrics.Metrics, logger *slog.Log
 	for _, o := range opts {
 		o(v)
 	}
+	if cfg.Reconcile {
+		v.reconciler = newReconciler(cfg.Reconciler, v.logger) // connects at its first question
+	}
 	return v
 }
 
@@ -79,7 +85,7 @@ func (v *Verifier) Start(ctx context.Context) error {
 		return errors.New("verifier: no bus")
 	}
 	if v.store == nil {
-		s, err := OpenSQLite(ctx, v.cfg.Store.Path)
+		s, err := OpenStore(ctx, v.cfg.Store)
 		if err != nil {
 			return err
 		}
@@ -296,6 +302,9 @@ func (v *Verifier) VerifyPending(ctx context.Context) (PassResult, error) {
 	v.passMu.Lock()
 	defer v.passMu.Unlock()
 	endingMax := v.now().Add(-v.cfg.Settle())
+	if v.reconciler != nil {
+		v.reconciler.newPass()
+	}
 	var res PassResult
 	var mu sync.Mutex
 	count := func(f *Failure) {
@@ -366,6 +375,11 @@ func (v *Verifier) verifyInstance(ctx context.Context, e InstanceExists) (*Failu
 		return nil, err
 	}
 	f := v.rules.verifyInstance(e, launches, deletes)
+	if f != nil && v.rules.reconcilable(e, f) {
+		if f, err = v.reconcile(ctx, e, f); err != nil {
+			return nil, err
+		}
+	}
 	return f, v.finish("instance", e.ID, e.MessageID, f, func(s Status) error {
 		return v.store.FinishInstanceExists(ctx, e.ID, s, f)
 	}, func() error {

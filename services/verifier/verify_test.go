@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/tally-accounting/tally/pkg/openstack"
 )
 
 var (
@@ -212,6 +214,19 @@ func TestConfigValidate(t *testing.T) {
 		{name: "required meta", mutate: func(c *Config) { c.RequiredImageMeta = []string{"os_kernel"} }, wantKey: "required_image_meta"},
 		{name: "topics", mutate: func(c *Config) { c.Rabbit.Topics = nil }, wantKey: "rabbit.topics"},
 		{name: "driver", mutate: func(c *Config) { c.Store.Driver = "mysql" }, wantKey: "store.driver"},
+		{name: "postgres", mutate: func(c *Config) { c.Store = StoreConfig{Driver: "postgres", DSN: "postgres://db/verifier"} }},
+		{name: "postgres dsn", mutate: func(c *Config) { c.Store = StoreConfig{Driver: "postgres", Path: "x.db"} }, wantKey: "store.dsn"},
+		{name: "reconcile without credentials", mutate: func(c *Config) { c.Reconcile = true }, wantKey: "reconciler.client"},
+		{name: "reconcile without password", mutate: func(c *Config) {
+			c.Reconcile, c.Reconciler.Client = true, openstack.AuthConfig{AuthURL: "http://keystone/v3", Username: "admin"}
+		}, wantKey: "reconciler.client.password"},
+		{name: "reconcile", mutate: func(c *Config) {
+			c.Reconcile, c.Reconciler.Client = true, openstack.AuthConfig{AuthURL: "http://keystone/v3", Username: "admin", Password: "p"}
+		}},
+		{name: "reconcile pool", mutate: func(c *Config) {
+			c.Reconcile, c.Reconciler.Client, c.Reconciler.PoolSize = true, openstack.AuthConfig{Cloud: "admin"}, 0
+		}, wantKey: "reconciler.pool_size"},
+		{name: "credentials unused when off", mutate: func(c *Config) { c.Reconciler.Client = openstack.AuthConfig{AuthURL: "x"} }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -18,8 +18,18 @@ import (
 
 // auditCmd prints StackTach's usage audit of the verifier's store.
 func auditCmd(ctx context.Context, args []string, env Env) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "hours":
+			return auditHoursCmd(ctx, args[1:], env)
+		case "crosscheck":
+			return auditCrossCheckCmd(ctx, args[1:], env)
+		}
+	}
 	if len(args) == 0 || (args[0] != "nova" && args[0] != "glance") {
-		fmt.Fprintln(env.Stderr, "Usage: tally audit nova|glance [--period hour|day|month|year] [--at T] [--json] [--config FILE]")
+		fmt.Fprintln(env.Stderr, "Usage: tally audit nova|glance [--period hour|day|month|year] [--at T] [--store] [--json] [--config FILE]")
+		fmt.Fprintln(env.Stderr, "       tally audit hours [--period hour|day|month|year] [--at T] [--from T --to T] [--json]")
+		fmt.Fprintln(env.Stderr, "       tally audit crosscheck --from T --to T [--project ID] [--threshold 1h,5%] [--json]")
 		return 2
 	}
 	service := args[0]
@@ -29,6 +39,7 @@ func auditCmd(ctx context.Context, args []string, env Env) int {
 	period := fs.String("period", "day", "audited `period`: the whole hour, day, month or year before --at")
 	at := fs.String("at", "", "audit the period before this `time` (RFC 3339 or YYYY-MM-DD); default now")
 	asJSON := fs.Bool("json", false, "print JSON (the default when stdout is not a terminal)")
+	keep := fs.Bool("store", false, "also keep the report in the verifier's store, for the Verification API's GetAudit and ListAudits")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: tally audit nova|glance [flags]
 
@@ -65,13 +76,8 @@ Flags:
 		fmt.Fprintf(env.Stderr, "tally audit: --period: %v\n", err)
 		return 2
 	}
-	if _, err := os.Stat(cfg.Verifier.Store.Path); err != nil {
-		fmt.Fprintf(env.Stderr, "tally audit: the verifier's store %s: %v (is the verifier running with this --data-dir?)\n", cfg.Verifier.Store.Path, err)
-		return 1
-	}
-	store, err := verifier.OpenSQLite(ctx, cfg.Verifier.Store.Path)
-	if err != nil {
-		fmt.Fprintf(env.Stderr, "tally audit: %v\n", err)
+	store, ok := openVerifierStore(ctx, &cfg, env, "tally audit")
+	if !ok {
 		return 1
 	}
 	defer store.Close()
@@ -79,6 +85,15 @@ Flags:
 	if err != nil {
 		fmt.Fprintf(env.Stderr, "tally audit: %v\n", err)
 		return 1
+	}
+	if *keep {
+		id, err := storeAudit(ctx, store, *period, report)
+		if err != nil {
+			fmt.Fprintf(env.Stderr, "tally audit: --store: %v\n", err)
+			return 1
+		}
+		// On stderr: stdout stays the report alone, for JSON readers.
+		fmt.Fprintf(env.Stderr, "tally audit: stored as audit report %d\n", id)
 	}
 	if f, ok := env.Stdout.(*os.File); *asJSON || !ok || !term.IsTerminal(int(f.Fd())) {
 		enc := json.NewEncoder(env.Stdout)
