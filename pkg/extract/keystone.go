@@ -33,14 +33,50 @@ func newKeystone(cloud *openstack.Cloud) (*keystone, error) {
 // or names). A token that may not list projects (the accounting role) falls
 // back to the projects it has a role on.
 func (k *keystone) projects(ctx context.Context, tag string, wanted []string) ([]directory.Project, []string, error) {
+	listTag := ""
+	if len(wanted) == 0 {
+		listTag = tag
+	}
+	all, warnings, err := k.list(ctx, listTag)
+	if err != nil {
+		return nil, warnings, err
+	}
+	var out []directory.Project
+	seen := map[string]bool{}
+	for _, p := range all {
+		selected := tag != "" && slices.Contains(p.Tags, tag)
+		selected = selected || slices.Contains(wanted, p.ID) || slices.Contains(wanted, p.Name)
+		if selected && !seen[p.ID] {
+			seen[p.ID] = true
+			out = append(out, toDirectory(p))
+		}
+	}
+	for _, w := range wanted {
+		if !slices.ContainsFunc(out, func(p directory.Project) bool { return w == p.ID || w == p.Name }) {
+			warnings = append(warnings, fmt.Sprintf("configured project %q not found (or not visible to these credentials)", w))
+		}
+	}
+	return out, warnings, nil
+}
+
+// SelectProjects returns the projects a run of cloud's credentials selects,
+// exactly as Run does (tally doctor checks them), with Run's warnings.
+func SelectProjects(ctx context.Context, cloud *openstack.Cloud, tag string, wanted []string) ([]directory.Project, []string, error) {
+	ks, err := newKeystone(cloud)
+	if err != nil {
+		return nil, nil, err
+	}
+	return ks.projects(ctx, tag, wanted)
+}
+
+// list returns the projects carrying tag (every one when tag is empty). A
+// token that may not list projects (the accounting role) falls back to the
+// projects it has a role on.
+func (k *keystone) list(ctx context.Context, tag string) ([]projects.Project, []string, error) {
 	var warnings []string
 	var all []projects.Project
 	listed := false
-	opts := projects.ListOpts{}
-	if len(wanted) == 0 {
-		opts.Tags = tag
-	}
-	page, err := projects.List(k.client, opts).AllPages(ctx)
+	page, err := projects.List(k.client, projects.ListOpts{Tags: tag}).AllPages(ctx)
 	if err == nil {
 		all, err = projects.ExtractProjects(page)
 		listed = err == nil
@@ -60,20 +96,27 @@ func (k *keystone) projects(ctx context.Context, tag string, wanted []string) ([
 			return nil, warnings, fmt.Errorf("list the user's projects: %w", err)
 		}
 	}
-	var out []directory.Project
-	seen := map[string]bool{}
-	for _, p := range all {
-		selected := tag != "" && slices.Contains(p.Tags, tag)
-		selected = selected || slices.Contains(wanted, p.ID) || slices.Contains(wanted, p.Name)
-		if selected && !seen[p.ID] {
-			seen[p.ID] = true
-			out = append(out, toDirectory(p))
-		}
+	return all, warnings, nil
+}
+
+// ListProjects returns every project auth can see (its own when listing
+// them all is forbidden), for tools that map a project name to its id.
+func ListProjects(ctx context.Context, auth openstack.AuthConfig, retry openstack.RetryConfig) ([]directory.Project, []string, error) {
+	cloud, err := openstack.Connect(ctx, auth, retry)
+	if err != nil {
+		return nil, nil, err
 	}
-	for _, w := range wanted {
-		if !slices.ContainsFunc(out, func(p directory.Project) bool { return w == p.ID || w == p.Name }) {
-			warnings = append(warnings, fmt.Sprintf("configured project %q not found (or not visible to these credentials)", w))
-		}
+	k, err := newKeystone(cloud)
+	if err != nil {
+		return nil, nil, err
+	}
+	all, warnings, err := k.list(ctx, "")
+	if err != nil {
+		return nil, warnings, err
+	}
+	out := make([]directory.Project, 0, len(all))
+	for _, p := range all {
+		out = append(out, toDirectory(p))
 	}
 	return out, warnings, nil
 }
@@ -106,6 +149,16 @@ func (k *keystone) users(ctx context.Context) (map[string]directory.User, error)
 		return nil, openstack.Explain(err)
 	}
 	return out, nil
+}
+
+// user fetches one user (identity:get_user): cASO's way to name a user, and
+// tally's when listing them is forbidden.
+func (k *keystone) user(ctx context.Context, id string) (directory.User, error) {
+	u, err := users.Get(ctx, k.client, id).Extract()
+	if err != nil {
+		return directory.User{}, openstack.Explain(err)
+	}
+	return directory.User{ID: u.ID, Name: u.Name, DomainID: u.DomainID}, nil
 }
 
 // Scoped connects again with a token scoped to project, for the per-project

@@ -9,9 +9,11 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"net/http"
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -256,6 +258,60 @@ type run struct {
 	batchesOf map[string][]string
 	order     []string // project ids, for a stable progress order
 	done      int
+
+	// userGet, when listing users is forbidden, names each record owner
+	// with one GET per user; users holds each user's fetch, once.
+	userGet *keystone
+	users   map[string]*userFetch
+	// userDenied stops the lookups once Keystone refuses get_user too.
+	userDenied atomic.Bool
+}
+
+// userFetch is one user's lookup; done closes when it is in the directory
+// (or failed), so records of that user wait for their name.
+type userFetch struct{ done chan struct{} }
+
+// nameOwner makes sure the owner of a record is in the directory before
+// the record is queued, so the enricher finds the name.
+func (r *run) nameOwner(ctx context.Context, id string) error {
+	if r.userGet == nil || id == "" || r.userDenied.Load() {
+		return nil
+	}
+	r.mu.Lock()
+	f, seen := r.users[id]
+	if !seen {
+		f = &userFetch{done: make(chan struct{})}
+		r.users[id] = f
+	}
+	r.mu.Unlock()
+	if seen {
+		select {
+		case <-f.done:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	defer close(f.done)
+	if _, known, err := r.e.deps.Directory.User(ctx, id); err != nil || known {
+		return err
+	}
+	u, err := r.userGet.user(ctx, id)
+	switch {
+	case openstack.StatusOf(err) == http.StatusForbidden:
+		if r.userDenied.CompareAndSwap(false, true) {
+			r.mu.Lock()
+			r.e.warn(r.sum, "Keystone refuses both identity:list_users and identity:get_user (%v): records carry no user names; \"tally doctor\" shows the policy to grant", err)
+			r.mu.Unlock()
+		}
+		return nil
+	case err != nil:
+		r.mu.Lock()
+		r.e.warn(r.sum, "cannot get Keystone user %s (%v): its records carry no user name", id, err)
+		r.mu.Unlock()
+		return nil
+	}
+	return r.e.deps.Directory.PutUser(ctx, u)
 }
 
 // prepare stores the directory and works out and leases each project's
@@ -268,7 +324,11 @@ func (r *run) prepare(ctx context.Context, ks *keystone, projects []directory.Pr
 				return err
 			}
 		}
-		if users, err := ks.users(ctx); err != nil {
+		if users, err := ks.users(ctx); openstack.StatusOf(err) == http.StatusForbidden {
+			// The policy cASO's docs give grants identity:get_user only.
+			e.logger.Info("listing Keystone users is forbidden: fetching each record owner with identity:get_user, as cASO does", "reason", err)
+			r.userGet, r.users = ks, map[string]*userFetch{}
+		} else if err != nil {
 			e.warn(r.sum, "cannot list Keystone users (%v): records carry no user name unless another extractor stored them", err)
 		} else {
 			for _, u := range users {
@@ -411,6 +471,9 @@ func (r *run) emit(ctx context.Context, project string, rec *tallyv1.Record) err
 	w, ok := r.windows[project]
 	if !ok {
 		return nil
+	}
+	if err := r.nameOwner(ctx, rec.GetProvenance().GetOwnerUserId()); err != nil {
+		return err
 	}
 	rec.Provenance = &tallyv1.Provenance{
 		Region: r.e.region, Extractor: r.e.src.Name(), ProjectId: project,

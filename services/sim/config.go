@@ -40,6 +40,10 @@ type Config struct {
 	NotifyFaults NotifyFaults
 	// AuditPeriod is nova-compute's instance_usage_audit_period: hour or day.
 	AuditPeriod string
+	// GetUserRole, when set, is a role that also grants identity:get_user
+	// (on any project): the Keystone policy line cASO's docs have sites add
+	// for the accounting role, which leaves identity:list_users admin-only.
+	GetUserRole string
 
 	// Faults, all off by default.
 	Latency       time.Duration
@@ -140,8 +144,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Scenario, "scenario", c.Scenario, "YAML `file` scripting the exact cloud (replaces the generated population)")
 	fs.StringVar(&c.DumpTruth, "dump-truth", c.DumpTruth, "write the ground truth (every server, volume and IP lifecycle) as JSON to this `file` at start")
 	fs.StringVar(&c.NotifyAMQP, "notify-amqp", c.NotifyAMQP, "RabbitMQ `URL` to publish oslo.messaging notifications to (exchange nova); empty disables")
+	fs.StringVar(&c.GetUserRole, "keystone-get-user-role", c.GetUserRole, "a `role` that may also GET any user (identity:get_user), as cASO's documented Keystone policy change does; e.g. accounting")
 	fs.StringVar(&c.AuditPeriod, "audit-period", c.AuditPeriod, "period of the compute.instance.exists audit notifications: hour or day")
 	fs.Float64Var(&c.NotifyFaults.DropExists, "notify-drop-exists", c.NotifyFaults.DropExists, "share of exists notifications never sent (listed in /sim/truth)")
+	fs.Float64Var(&c.NotifyFaults.DropLaunch, "notify-drop-launch", c.NotifyFaults.DropLaunch, "share of launches whose create.end notifications are never sent (listed in /sim/truth)")
 	fs.Float64Var(&c.NotifyFaults.CorruptExists, "notify-corrupt-exists", c.NotifyFaults.CorruptExists, "share of exists notifications sent with launched_at or the flavor damaged (listed in /sim/truth)")
 	fs.Float64Var(&c.NotifyFaults.Duplicate, "notify-duplicate", c.NotifyFaults.Duplicate, "share of notifications sent twice (listed in /sim/truth)")
 	fs.Float64Var(&c.NotifyFaults.Reorder, "notify-reorder", c.NotifyFaults.Reorder, "share of notifications swapped with the next one (listed in /sim/truth)")
@@ -190,7 +196,7 @@ func (c Config) Validate() error {
 		{"--churn-no-terminated-at", c.Churn.NoTerminatedAt}, {"--error-rate", c.ErrorRate},
 		{"--rate-limit-rate", c.RateLimitRate}, {"--malformed-rate", c.MalformedRate},
 		{"--notify-drop-exists", c.NotifyFaults.DropExists}, {"--notify-corrupt-exists", c.NotifyFaults.CorruptExists},
-		{"--notify-duplicate", c.NotifyFaults.Duplicate}, {"--notify-reorder", c.NotifyFaults.Reorder},
+		{"--notify-drop-launch", c.NotifyFaults.DropLaunch}, {"--notify-duplicate", c.NotifyFaults.Duplicate}, {"--notify-reorder", c.NotifyFaults.Reorder},
 	}
 	for _, r := range rates {
 		if r.v < 0 || r.v > 1 {

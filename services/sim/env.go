@@ -7,10 +7,16 @@ import (
 	"strings"
 )
 
-// credentials of the simulator's two well-known users, computed from the
+// SysReaderUser is the generated user with the reader role on the system
+// and on every caso-tagged project but the last; "sim env" scopes its
+// token to the system.
+const SysReaderUser = "accounting-sys"
+
+// credentials of the simulator's well-known users, computed from the
 // config alone so that another process prints what the server accepts.
 type creds struct {
 	user, project, authURL, region string
+	system                         bool
 }
 
 func credsFor(cfg Config, user string) (creds, error) {
@@ -58,8 +64,13 @@ func credsFor(cfg Config, user string) (creds, error) {
 		if c.user == "" {
 			return creds{}, fmt.Errorf("scenario %s: no user has the accounting role", cfg.Scenario)
 		}
+	case SysReaderUser:
+		c.user, c.system = SysReaderUser, true
+		if w != nil && w.userByName[SysReaderUser] == nil {
+			return creds{}, fmt.Errorf("scenario %s: no user %s", cfg.Scenario, SysReaderUser)
+		}
 	default:
-		return creds{}, fmt.Errorf("unknown user %q: want admin or accounting", user)
+		return creds{}, fmt.Errorf("unknown user %q: want admin, accounting or %s", user, SysReaderUser)
 	}
 	return c, nil
 }
@@ -73,12 +84,15 @@ func WriteEnv(w io.Writer, cfg Config, user string) error {
 	if err != nil {
 		return err
 	}
+	scope := [][2]string{{"OS_PROJECT_NAME", c.project}, {"OS_PROJECT_DOMAIN_NAME", "Default"}}
+	if c.system {
+		scope = [][2]string{{"OS_SYSTEM_SCOPE", "all"}}
+	}
 	lines := [][2]string{
 		{"OS_AUTH_TYPE", "password"}, {"OS_AUTH_URL", c.authURL}, {"OS_IDENTITY_API_VERSION", "3"},
 		{"OS_USERNAME", c.user}, {"OS_PASSWORD", DefaultPassword}, {"OS_USER_DOMAIN_NAME", "Default"},
-		{"OS_PROJECT_NAME", c.project}, {"OS_PROJECT_DOMAIN_NAME", "Default"}, {"OS_REGION_NAME", c.region},
-		{"OS_INTERFACE", "public"},
 	}
+	lines = append(append(lines, scope...), [][2]string{{"OS_REGION_NAME", c.region}, {"OS_INTERFACE", "public"}}...)
 	for _, l := range lines {
 		if _, err := fmt.Fprintf(w, "export %s=%s\n", l[0], shellQuote(l[1])); err != nil {
 			return err

@@ -40,6 +40,12 @@ func (t *token) hasRole(name string) bool {
 // admin role in any scope is admin everywhere.
 func (t *token) isAdmin() bool { return t.hasRole("admin") }
 
+// readsIdentity is who may read Keystone's projects and users. With
+// enforce_new_defaults=false Zed accepts the legacy rule (admin) or the new
+// default, which adds a system-scoped reader: cASO's documented accounting
+// setup ("openstack role add --system all --user accounting reader").
+func (t *token) readsIdentity() bool { return t.isAdmin() || t.System && t.hasRole("reader") }
+
 type tokenKey struct{}
 
 func tokenFrom(ctx context.Context) *token {
@@ -428,7 +434,7 @@ func (s *Server) authProjects(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) listProjects(w http.ResponseWriter, r *http.Request) {
 	tok := tokenFrom(r.Context())
-	if !tok.isAdmin() {
+	if !tok.readsIdentity() {
 		forbiddenIdentity(w, "identity:list_projects")
 		return
 	}
@@ -472,7 +478,7 @@ func (s *Server) listProjects(w http.ResponseWriter, r *http.Request) {
 func (s *Server) getProject(w http.ResponseWriter, r *http.Request) {
 	tok := tokenFrom(r.Context())
 	id := r.PathValue("id")
-	if !tok.isAdmin() && tok.ProjectID != id {
+	if !tok.readsIdentity() && tok.ProjectID != id {
 		forbiddenIdentity(w, "identity:get_project")
 		return
 	}
@@ -486,7 +492,7 @@ func (s *Server) getProject(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) listUsers(w http.ResponseWriter, r *http.Request) {
 	tok := tokenFrom(r.Context())
-	if !tok.isAdmin() {
+	if !tok.readsIdentity() {
 		forbiddenIdentity(w, "identity:list_users")
 		return
 	}
@@ -505,7 +511,8 @@ func (s *Server) listUsers(w http.ResponseWriter, r *http.Request) {
 func (s *Server) getUser(w http.ResponseWriter, r *http.Request) {
 	tok := tokenFrom(r.Context())
 	id := r.PathValue("id")
-	if !tok.isAdmin() && tok.UserID != id {
+	policyRole := s.cfg.GetUserRole != "" && tok.hasRole(s.cfg.GetUserRole)
+	if !tok.readsIdentity() && tok.UserID != id && !policyRole {
 		forbiddenIdentity(w, "identity:get_user")
 		return
 	}

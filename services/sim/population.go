@@ -77,7 +77,14 @@ func (g *gen) world() (*World, error) {
 	adminUser := &User{ID: g.hexID("user", "admin"), Name: "admin", DomainID: "default", Enabled: true, Password: DefaultPassword}
 	acct := &User{ID: g.hexID("user", "accounting"), Name: "accounting", Email: "accounting@example.org",
 		Description: "accounting collector (accounting + reader on the caso-tagged projects)", DomainID: "default", Enabled: true, Password: DefaultPassword}
-	w.Users = append(w.Users, adminUser, acct)
+	// sysReader is cASO's documented setup (reader on the system for the
+	// project tags and user names, reader on each project) with one grant
+	// forgotten: it has no role on the last caso-tagged project.
+	sysReader := &User{ID: g.hexID("user", SysReaderUser), Name: SysReaderUser, Email: "accounting-sys@example.org",
+		Description: "reader on the system and on every caso project but the last", DomainID: "default", Enabled: true, Password: DefaultPassword}
+	w.Users = append(w.Users, adminUser, acct, sysReader)
+	w.Assignments = append(w.Assignments, Assignment{UserID: sysReader.ID, System: true, RoleID: roleID("reader")})
+	var casoProjects []string
 	w.AdminProjectID, w.AdminUserID = admin.ID, adminUser.ID
 	w.Assignments = append(w.Assignments, Assignment{UserID: adminUser.ID, ProjectID: admin.ID, RoleID: roleID("admin")},
 		Assignment{UserID: adminUser.ID, System: true, RoleID: roleID("admin")})
@@ -96,6 +103,7 @@ func (g *gen) world() (*World, error) {
 			if w.AppCreds[0].ProjectID == "" {
 				w.AppCreds[0].ProjectID = p.ID
 			}
+			casoProjects = append(casoProjects, p.ID)
 		}
 		var users []*User
 		for j := range cfg.UsersPerProject {
@@ -125,6 +133,11 @@ func (g *gen) world() (*World, error) {
 	}
 	if w.AppCreds[0].ProjectID == "" {
 		w.AppCreds = nil
+	}
+	for i, id := range casoProjects {
+		if i < len(casoProjects)-1 || i == 0 {
+			w.Assignments = append(w.Assignments, Assignment{UserID: sysReader.ID, ProjectID: id, RoleID: roleID("reader")})
+		}
 	}
 	// nova-compute restarts bump `updated` of every live instance, unrelated
 	// to usage: changes-since must not be read as "changed usage".

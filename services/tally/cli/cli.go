@@ -53,7 +53,9 @@ func commands() []command {
 	return []command{
 		{"serve", "run tally's services (all in one process by default)", serve},
 		{"extract", "extract one window and deliver it, then exit (for cron)", extractCmd},
-		{"audit", "StackTach's usage audit of the verified exists (nova|glance)", auditCmd},
+		{"caso", "switch from cASO: import its config and lastrun files (\"caso import --help\")", casoCmd},
+		{"doctor", "check what a run needs: credentials, policies, VOs, spool (exit 1 on FAIL)", doctorCmd},
+		{"audit", "StackTach's usage audit of the verified exists (nova|glance), instance hours (hours), the cross-check with the records (crosscheck)", auditCmd},
 		{"query", "read the delivered records: records, get, summary, watch (\"query --help\")", func(ctx context.Context, args []string, env Env) int {
 			return query.Command(ctx, args, env.Stdout, env.Stderr, env.getenv)
 		}},

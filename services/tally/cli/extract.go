@@ -42,6 +42,7 @@ func extractCmd(ctx context.Context, args []string, env Env) int {
 	cfg := DefaultConfig()
 	fs := flag.NewFlagSet("extract", flag.ContinueOnError)
 	path := commonFlags(fs, &cfg)
+	casoFlags(fs)
 	from := fs.String("from", "", "window `start` (RFC 3339 or YYYY-MM-DD, UTC); default: each project's last delivered window")
 	to := fs.String("to", "", "window `end`; default now (a future end is clamped to now)")
 	var projects []string
@@ -69,6 +70,14 @@ Flags:
 	}
 	if *path == "" {
 		*path = env.getenv("TALLY_CONFIG")
+	}
+	casoDryRun, ok := layerCaso(&cfg, fs, env, "extract")
+	if !ok {
+		return 2
+	}
+	if casoDryRun && !flagSet(fs, "dry-run") {
+		fmt.Fprintln(env.Stderr, "tally extract: cASO's dry_run is true: a dry run (--dry-run=false delivers)")
+		*dryRun = true
 	}
 	if _, err := config.Layer(&cfg, fs, *path, env.Environ); err != nil {
 		fmt.Fprintf(env.Stderr, "tally extract: %v\n", err)

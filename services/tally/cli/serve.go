@@ -114,6 +114,7 @@ func enabledTargets(cfg *Config) []string {
 func ServeFlags(cfg *Config) (fs *flag.FlagSet, path, target *string) {
 	fs = flag.NewFlagSet("serve", flag.ContinueOnError)
 	path = commonFlags(fs, cfg)
+	casoFlags(fs)
 	target = fs.String("target", TargetAll, "`services` to run: all, or a comma-separated list of "+strings.Join(Targets(), ", "))
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "public gRPC API `address` (query, verification, health, reflection)")
 	fs.StringVar(&cfg.MetricsListen, "metrics-listen", cfg.MetricsListen, "Prometheus /metrics `address`; empty turns it off")
@@ -126,8 +127,9 @@ runs in this one process on an embedded NATS JetStream server (store under
 With a list of targets, only those run, against the external NATS server
 given by --nats-url.
 
-Configuration is read from the --config file, then TALLY_* environment
-variables (TALLY_NATS_URL for nats.url, ...), then these flags.
+Configuration is read from cASO's files (--caso-config, --caso-config-dir)
+when given, then the --config file, then TALLY_* environment variables
+(TALLY_NATS_URL for nats.url, ...), then these flags.
 
 Flags:
 `)
@@ -145,6 +147,14 @@ func LoadServeConfig(args []string, env Env) (cfg Config, targets []string, code
 	}
 	if *path == "" {
 		*path = env.getenv("TALLY_CONFIG")
+	}
+	casoDryRun, ok := layerCaso(&cfg, fs, env, "serve")
+	if !ok {
+		return cfg, nil, 2, false
+	}
+	if casoDryRun {
+		fmt.Fprintln(env.Stderr, "tally serve: cASO's dry_run is true, and tally serve delivers: set dry_run = false, or try it with tally extract --caso-config ... (a dry run)")
+		return cfg, nil, 2, false
 	}
 	unknown, err := config.Layer(&cfg, fs, *path, env.Environ)
 	if err != nil {
@@ -282,6 +292,9 @@ type process struct {
 	api       *rpc.Server
 	grpc      []*rpc.Server
 	busSvc    *busService
+	// queryStore is the record store once open in this process, for the
+	// verifier's cross-check.
+	queryStore query.Store
 }
 
 // buildProcess wires the services for targets. Services start in the order
@@ -383,7 +396,12 @@ func newProcess(cfg *Config, targets []string, env Env, tel *telemetry.Telemetry
 			services = append(services, ls, ledger, srv)
 			messengerTargets = append(messengerTargets, enricher.Target{Name: "logstash", Addr: srv.Addr})
 		case TargetVerifier:
-			services = append(services, verifier.New(cfg.Verifier.Config, p.busSvc.Bus, m, logger))
+			v := verifier.New(cfg.Verifier.Config, p.busSvc.Bus, m, logger)
+			services = append(services, v)
+			if p.api != nil {
+				// After the verifier, which opens the store the API reads.
+				services = append(services, p.verificationAPI(cfg, v, logger))
+			}
 		case TargetNotifyBridge:
 			services = append(services, bridge.New(cfg.NotifyBridge.Config, p.busSvc.Bus, m, logger))
 		case TargetExtractorNova, TargetExtractorCinder, TargetExtractorNeutron, TargetExtractorEnergy:
@@ -471,6 +489,7 @@ func (p *process) queryServices(cfg *Config, logger *slog.Logger) (open, watches
 			if p.api != nil {
 				qs.RegisterAPI(p.api.GRPC)
 			}
+			p.queryStore = qs.Store()
 			p.querySink.set(qs.Sink())
 			return nil
 		},

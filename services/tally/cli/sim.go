@@ -24,7 +24,7 @@ func simCmd(ctx context.Context, args []string, env Env) int {
 	fs.StringVar(&logCfg.Format, "log-format", logCfg.Format, "log `format`: text or json")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), `Usage: tally sim [flags]
-       tally sim env [flags] [--user admin|accounting] [--clouds-yaml]
+       tally sim env [flags] [--user admin|accounting|accounting-sys] [--clouds-yaml]
 
 Runs an OpenStack simulator: Keystone, Nova, Glance, Cinder, Neutron and a
 Prometheus query API on one address, answering like the recorded Zed cloud,
@@ -73,7 +73,7 @@ func simEnv(args []string, env Env) int {
 	cfg := sim.DefaultConfig()
 	fs := flag.NewFlagSet("sim env", flag.ContinueOnError)
 	cfg.RegisterFlags(fs)
-	user := fs.String("user", "admin", "whose credentials: admin, or accounting (only the accounting and reader roles on the caso projects)")
+	user := fs.String("user", "admin", "whose credentials: admin, accounting (only the accounting and reader roles on the caso projects), or accounting-sys (reader on the system and on every caso project but the last; a system-scoped token)")
 	cloudsYAML := fs.Bool("clouds-yaml", false, "print a clouds.yaml with both users instead of export lines")
 	if code, ok := parseFlags(fs, args, env); !ok {
 		return code

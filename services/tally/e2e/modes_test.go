@@ -221,3 +221,33 @@ func parseDryRun(t *testing.T, out string) (map[string]map[string]string, int) {
 	}
 	return cloud, accel
 }
+
+// With the Keystone policy cASO's docs give (identity:get_user for the
+// accounting role, user listing still admin-only), the accounting user's
+// records carry user names: tally fetches each owner once, as cASO does.
+func TestGetUserPolicyNamesUsers(t *testing.T) {
+	scenario, err := filepath.Abs(scenarioTwoMo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startSim(t, "--scenario", scenario, "--now", rfc(t3), "--keystone-get-user-role", "accounting")
+	tr := s.truth(t)
+	const vo = "ops.example.org"
+	env := append(s.env(t, "accounting"), "TALLY_ENRICHER_DEFAULT_VO="+vo)
+	dir := t.TempDir()
+	res := mustExtract(t, 90*time.Second, dir, env, "--from", rfc(t0), "--to", rfc(t3))
+	if !strings.Contains(res.stderr, "identity:get_user, as cASO does") {
+		t.Errorf("log does not say it falls back to identity:get_user:\n%s", res.stderr)
+	}
+	if strings.Contains(res.stderr, "carry no user name") {
+		t.Errorf("a user went unnamed:\n%s", res.stderr)
+	}
+	got := newSpoolReader(dir).readNew(t)
+	ex := expect(tr, twoMonths, t0, t3, vo, true)
+	if diff := cmp.Diff(ex.cloud, byVM(t, got.cloud)); diff != "" {
+		t.Errorf("cloud records (-want +got):\n%s", diff)
+	}
+	if len(ex.cloud) < 12 {
+		t.Fatalf("the expectation is too thin to compare anything: %d cloud records", len(ex.cloud))
+	}
+}
