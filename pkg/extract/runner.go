@@ -340,19 +340,23 @@ func (r *run) prepare(ctx context.Context, ks *keystone, projects []directory.Pr
 	}
 	for _, p := range projects {
 		key := state.Key(e.src.Name(), e.region, p.ID)
-		from := r.opts.From.UTC()
+		from, source := r.opts.From.UTC(), "--from"
 		if from.IsZero() && e.deps.State != nil {
 			last, ok, err := e.deps.State.LastRun(ctx, key)
 			if err != nil {
 				return err
 			}
 			if ok {
-				from = last
+				from, source = last, "last run"
 			}
 		}
 		if from.IsZero() {
-			from = time.Unix(0, 0).UTC()
+			from, source = time.Unix(0, 0).UTC(), "no last run: from the epoch, as cASO"
 		}
+		// One line per project and run, for sites that grep their logs
+		// for where a project's window started and why.
+		e.logger.Info("project window", "project_id", p.ID, "project", p.Name,
+			"from", from.Format(time.RFC3339Nano), "to", r.to.Format(time.RFC3339Nano), "from_source", source)
 		if !from.Before(r.to) {
 			r.sum.Failed[p.ID] = fmt.Sprintf("window start %s is not before its end %s", from.Format(time.RFC3339), r.to.Format(time.RFC3339))
 			continue

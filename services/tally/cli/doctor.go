@@ -16,6 +16,7 @@ func doctorCmd(ctx context.Context, args []string, env Env) int {
 	cfg := DefaultConfig()
 	fs := flag.NewFlagSet("doctor", flag.ContinueOnError)
 	path := commonFlags(fs, &cfg)
+	casoFlags(fs)
 	var projects []string
 	fs.Var(config.ListFlag{P: &projects}, "projects", "comma-separated project ids or names, instead of the configured ones and the tagged ones")
 	asJSON := fs.Bool("json", false, "print the report as JSON")
@@ -23,7 +24,8 @@ func doctorCmd(ctx context.Context, args []string, env Env) int {
 		fmt.Fprint(fs.Output(), `Usage: tally doctor [flags]
 
 Checks, against the cloud and the configuration tally extract would use
-(the same --config, TALLY_* and OS_* / clouds.yaml), everything a run needs:
+(the same --caso-config, --config, TALLY_* and OS_* / clouds.yaml), everything
+a run needs:
 the credentials and their scope, Keystone's project and user listings,
 Nova (all tenants, or each selected project), the usage API, the flavors'
 benchmark and accelerator keys, Glance, Cinder, Neutron and Prometheus for
@@ -44,6 +46,11 @@ Flags:
 	}
 	if *path == "" {
 		*path = env.getenv("TALLY_CONFIG")
+	}
+	// A cASO site checks its caso.conf before switching: the same layering
+	// as tally extract.
+	if _, ok := layerCaso(&cfg, fs, env, "doctor"); !ok {
+		return 2
 	}
 	if _, err := config.Layer(&cfg, fs, *path, env.Environ); err != nil {
 		fmt.Fprintf(env.Stderr, "tally doctor: %v\n", err)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -31,15 +32,21 @@ func TestDoctorAgainstTheSimulator(t *testing.T) {
 		t.Fatal(err)
 	}
 	noVO, unreadable, nCaso := doctorFixtures(t, world)
+	// The same cloud with the Keystone policy cASO's docs give: get_user
+	// for the accounting role, the user listing still refused.
+	pcfg := cfg
+	pcfg.GetUserRole = "accounting"
+	policyCloud := simtest.Start(t, pcfg)
 
 	tests := []struct {
-		name  string
-		user  string
-		env   []string
-		args  []string
-		code  int
-		want  []line
-		never []line // status+check pairs that must not appear
+		name          string
+		user          string
+		getUserPolicy bool
+		env           []string
+		args          []string
+		code          int
+		want          []line
+		never         []line // status+check pairs that must not appear
 	}{
 		{
 			name: "accounting user: projects without a VO fail", user: "accounting", code: 1,
@@ -52,7 +59,7 @@ func TestDoctorAgainstTheSimulator(t *testing.T) {
 				{"ok", "nova.usage", []string{"os-simple-tenant-usage:show allowed", "os-simple-tenant-usage:list refused"}},
 				{"warn", "flavors.benchmark", []string{"accounting:benchmark_type", "m1.tiny"}},
 				{"ok", "flavors.accelerator", []string{"g1.a100x2"}},
-				{"warn", "keystone.list_users", []string{"identity:list_users"}},
+				{"warn", "keystone.list_users", []string{"identity:list_users refused", "no GlobalUserName"}},
 				{"warn", "keystone.get_user", []string{"identity:get_user", "or role:accounting"}},
 				{"ok", "ssm.spool", []string{"the first run creates it"}},
 			},
@@ -100,6 +107,15 @@ func TestDoctorAgainstTheSimulator(t *testing.T) {
 			want: []line{{"FAIL", "nova.all_tenants", []string{"os_compute_api:servers:detail:get_all_tenants", "access_mode: auto"}}},
 		},
 		{
+			name: "accounting user with cASO's get_user policy: names come from get_user", user: "accounting", code: 0,
+			getUserPolicy: true, env: []string{"TALLY_ENRICHER_DEFAULT_VO=ops"},
+			want: []line{
+				{"ok", "keystone.list_users", []string{"identity:list_users refused", "identity:get_user instead"}},
+				{"ok", "keystone.get_user", []string{"identity:get_user allowed"}},
+			},
+			never: []line{{status: "FAIL"}, {"warn", "keystone.get_user", nil}},
+		},
+		{
 			name: "a configured project that is not visible", user: "accounting", code: 1,
 			args: []string{"--projects", "nosuch-project"},
 			want: []line{{"FAIL", "keystone.projects", []string{`"nosuch-project" does not exist or is not visible`}}},
@@ -116,7 +132,11 @@ func TestDoctorAgainstTheSimulator(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			env := append(envList(cloud.Env(t, tt.user)), tt.env...)
+			c := cloud
+			if tt.getUserPolicy {
+				c = policyCloud
+			}
+			env := append(envList(c.Env(t, tt.user)), tt.env...)
 			args := append([]string{"doctor", "--data-dir", t.TempDir(), "--site-name", "TEST-SITE"}, tt.args...)
 			code, stdout, stderr := run(t, env, args...)
 			if code != tt.code {
@@ -238,4 +258,50 @@ func closedPort(t *testing.T) string {
 	t.Helper()
 	addr := freeAddr(t)
 	return addr[strings.LastIndex(addr, ":")+1:]
+}
+
+// A cASO site checks its caso.conf as it is, before switching: the
+// credentials, site name and spool come from it, with no OS_* set.
+func TestDoctorReadsCasoConf(t *testing.T) {
+	cfg := sim.DefaultConfig()
+	cfg.Now = time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)
+	cloud := simtest.Start(t, cfg)
+	acct := cloud.Env(t, "accounting")
+	dir := t.TempDir()
+	conf := fmt.Sprintf(`[DEFAULT]
+site_name = CASO-SITE
+messengers = ssm
+vo_property = VO
+extractor = nova
+
+[keystone_auth]
+auth_type = password
+auth_url = %s
+username = %s
+password = %s
+user_domain_name = Default
+project_name = %s
+project_domain_name = Default
+
+[ssm]
+output_path = %s/outgoing
+`, acct["OS_AUTH_URL"], acct["OS_USERNAME"], acct["OS_PASSWORD"], acct["OS_PROJECT_NAME"], dir)
+	path := dir + "/caso.conf"
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := run(t, []string{"TALLY_ENRICHER_DEFAULT_VO=ops"}, "doctor", "--caso-config", path, "--data-dir", dir+"/var")
+	if code != 0 {
+		t.Fatalf("exit %d, want 0\n%s%s", code, stdout, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stdout), "\n")
+	for _, w := range []line{
+		{"ok", "config.site_name", []string{"CASO-SITE"}},
+		{"ok", "auth", []string{"user accounting"}},
+		{"ok", "ssm.spool", []string{dir + "/outgoing"}},
+	} {
+		if !slices.ContainsFunc(lines, w.matches) {
+			t.Errorf("no line %s %s with %q in:\n%s", w.status, w.check, w.has, stdout)
+		}
+	}
 }

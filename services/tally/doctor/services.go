@@ -249,7 +249,8 @@ func (c *cloudCheck) neutronProbe(ctx context.Context, cloud *openstack.Cloud, p
 }
 
 // users checks what gives records their GlobalUserName: tally lists the
-// users (identity:list_users); cASO gets each (identity:get_user).
+// users (identity:list_users) and, when that is refused, gets each record
+// owner (identity:get_user) as cASO does; with both refused, no names.
 func (c *cloudCheck) users(ctx context.Context) {
 	ks, err := gopenstack.NewIdentityV3(c.cloud.Provider, c.cloud.Endpoint)
 	if err != nil {
@@ -258,15 +259,6 @@ func (c *cloudCheck) users(ctx context.Context) {
 	}
 	var list struct{}
 	listErr := get(ctx, ks, "users?name="+url.QueryEscape(c.tok.UserName), &list)
-	switch st := openstack.StatusOf(listErr); {
-	case listErr == nil:
-		c.rep.add(OK, "keystone.list_users", "", "identity:list_users allowed: records carry the owner's user name (GlobalUserName)")
-	case st == http.StatusForbidden:
-		c.rep.add(Warn, "keystone.list_users", c.systemReaderFix(),
-			"identity:list_users refused (%v): tally reads user names by listing the users, so records carry no GlobalUserName", listErr)
-	default:
-		c.rep.add(Warn, "keystone.list_users", "", "GET /v3/users: %v", listErr)
-	}
 	var other []string
 	for id := range c.owners {
 		if id != c.tok.UserID {
@@ -274,26 +266,36 @@ func (c *cloudCheck) users(ctx context.Context) {
 		}
 	}
 	sort.Strings(other)
-	if len(other) == 0 {
+	var getErr error
+	if len(other) > 0 {
+		var user struct{}
+		getErr = get(ctx, ks, "users/"+other[0], &user)
+	}
+	getOK := len(other) > 0 && getErr == nil
+
+	switch st := openstack.StatusOf(listErr); {
+	case listErr == nil:
+		c.rep.add(OK, "keystone.list_users", "", "identity:list_users allowed: records carry the owner's user name (GlobalUserName)")
+	case st == http.StatusForbidden && getOK:
+		c.rep.add(OK, "keystone.list_users", "", "identity:list_users refused: tally gets each record owner with identity:get_user instead (one call per user and run), as cASO does")
+	case st == http.StatusForbidden:
+		c.rep.add(Warn, "keystone.list_users", c.systemReaderFix(),
+			"identity:list_users refused (%v), and identity:get_user is not known to work: records may carry no GlobalUserName", listErr)
+	default:
+		c.rep.add(Warn, "keystone.list_users", "", "GET /v3/users: %v", listErr)
+	}
+	switch {
+	case len(other) == 0:
 		c.rep.add(OK, "keystone.get_user", "", "not checked: no server owned by another user was seen")
-		return
-	}
-	var user struct{}
-	err = get(ctx, ks, "users/"+other[0], &user)
-	if err == nil {
+	case getOK:
 		c.rep.add(OK, "keystone.get_user", "", "identity:get_user allowed (GET /v3/users/%s, a server's owner)", other[0])
-		return
+	case listErr == nil:
+		c.rep.add(OK, "keystone.get_user", "", "identity:get_user refused for a server's owner (%v): not needed, the user listing names them", getErr)
+	default:
+		fix := c.systemReaderFix() + `; or, in Keystone's policy, end "identity:get_user" with "or role:<the user's role>": ` +
+			`"(role:reader and system_scope:all) or (role:reader and token.domain.id:%(target.user.domain_id)s) or user_id:%(target.user.id)s or role:accounting"`
+		c.rep.add(Warn, "keystone.get_user", fix, "identity:get_user refused for a server's owner (%v): records carry no GlobalUserName (cASO's would not either)", getErr)
 	}
-	fix := c.systemReaderFix() + `; or, in Keystone's policy, end "identity:get_user" with "or role:<the user's role>": ` +
-		`"(role:reader and system_scope:all) or (role:reader and token.domain.id:%(target.user.domain_id)s) or user_id:%(target.user.id)s or role:accounting"`
-	if listErr == nil {
-		fix = ""
-	}
-	status := Warn
-	if listErr == nil {
-		status = OK // tally has the names from the listing
-	}
-	c.rep.add(status, "keystone.get_user", fix, "identity:get_user refused for a server's owner (%v): cASO would publish no GlobalUserName", err)
 }
 
 func list(s []string, n int) string {
