@@ -44,6 +44,15 @@ type Config struct {
 	// (on any project): the Keystone policy line cASO's docs have sites add
 	// for the accounting role, which leaves identity:list_users admin-only.
 	GetUserRole string
+	// Forbid lists policy rules refused to every token without the admin
+	// role, as a site's stricter policy file does: get_port (Neutron then
+	// leaves the ports out of listings) and os_compute_api:servers:detail
+	// or os_compute_api:servers:index (Nova answers 403).
+	Forbid []string
+	// NeutronNoFIPPortDetails serves floating IPs without port_details, as
+	// a Neutron without the fip-port-details extension (before Rocky, or a
+	// plugin that does not load it) does.
+	NeutronNoFIPPortDetails bool
 
 	// Faults, all off by default.
 	Latency       time.Duration
@@ -145,6 +154,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DumpTruth, "dump-truth", c.DumpTruth, "write the ground truth (every server, volume and IP lifecycle) as JSON to this `file` at start")
 	fs.StringVar(&c.NotifyAMQP, "notify-amqp", c.NotifyAMQP, "RabbitMQ `URL` to publish oslo.messaging notifications to (exchange nova); empty disables")
 	fs.StringVar(&c.GetUserRole, "keystone-get-user-role", c.GetUserRole, "a `role` that may also GET any user (identity:get_user), as cASO's documented Keystone policy change does; e.g. accounting")
+	fs.Var(listFlag{&c.Forbid}, "forbid-policy", "comma-separated policy `rules` refused to non-admin tokens: get_port, os_compute_api:servers:detail, os_compute_api:servers:index")
+	fs.BoolVar(&c.NeutronNoFIPPortDetails, "neutron-no-fip-port-details", c.NeutronNoFIPPortDetails, "serve floating IPs without port_details (a Neutron without the fip-port-details extension)")
 	fs.StringVar(&c.AuditPeriod, "audit-period", c.AuditPeriod, "period of the compute.instance.exists audit notifications: hour or day")
 	fs.Float64Var(&c.NotifyFaults.DropExists, "notify-drop-exists", c.NotifyFaults.DropExists, "share of exists notifications never sent (listed in /sim/truth)")
 	fs.Float64Var(&c.NotifyFaults.DropLaunch, "notify-drop-launch", c.NotifyFaults.DropLaunch, "share of launches whose create.end notifications are never sent (listed in /sim/truth)")
@@ -206,6 +217,11 @@ func (c Config) Validate() error {
 	if c.AuditPeriod != "hour" && c.AuditPeriod != "day" {
 		errs = append(errs, fmt.Errorf("--audit-period %q: want hour or day", c.AuditPeriod))
 	}
+	for _, r := range c.Forbid {
+		if !slicesContains(forbiddable, r) {
+			errs = append(errs, fmt.Errorf("--forbid-policy %q: want one of %s", r, strings.Join(forbiddable, ", ")))
+		}
+	}
 	if len(c.Regions) == 0 {
 		errs = append(errs, errors.New("--regions: at least one region is needed"))
 	}
@@ -227,6 +243,9 @@ func (c Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// forbiddable are the policy rules --forbid-policy knows.
+var forbiddable = []string{"get_port", "os_compute_api:servers:detail", "os_compute_api:servers:index"}
 
 func (c Config) auditPeriod() time.Duration {
 	if c.AuditPeriod == "day" {

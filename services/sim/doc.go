@@ -11,7 +11,7 @@
 //	/compute/v2.1/...                Nova (servers, flavors, os-simple-tenant-usage, audit log, actions, migrations)
 //	/volume/v3/{project}/volumes/... Cinder v3
 //	/image/v2/images                 Glance v2
-//	/network/v2.0/floatingips        Neutron v2.0
+//	/network/v2.0/floatingips, ports Neutron v2.0 (ML2 + L3 router: floating IPs with port_details)
 //	/prometheus/api/v1/query_range   Prometheus, metric vm_power_watts{uuid,project_id,instance,host}
 //
 // The token catalog publishes these URLs, so any OpenStack client works from

@@ -18,6 +18,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack/identity/v3/users"
 	"github.com/gophercloud/gophercloud/v2/openstack/image/v2/images"
 	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/extensions/layer3/floatingips"
+	"github.com/gophercloud/gophercloud/v2/openstack/networking/v2/ports"
 	"github.com/gophercloud/gophercloud/v2/pagination"
 )
 
@@ -273,6 +274,87 @@ func TestGophercloud(t *testing.T) {
 		}
 	})
 
+	t.Run("ports", func(t *testing.T) {
+		nc, err := openstack.NewNetworkV2(provider, eo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ips []struct {
+			ID          string         `json:"id"`
+			PortID      string         `json:"port_id"`
+			PortDetails map[string]any `json:"port_details"`
+		}
+		pages, err := floatingips.List(nc, floatingips.ListOpts{}).AllPages(ctx)
+		if err == nil {
+			err = floatingips.ExtractFloatingIPsInto(pages, &ips)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages, err = ports.List(nc, ports.ListOpts{Limit: 5}).AllPages(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all, err := ports.ExtractPorts(pages)
+		if err != nil {
+			t.Fatal(err)
+		}
+		byID := map[string]ports.Port{}
+		owners := map[string]int{}
+		for _, p := range all {
+			byID[p.ID] = p
+			owners[p.DeviceOwner]++
+			if p.DeviceOwner == "network:router_gateway" && p.ProjectID != "" {
+				t.Errorf("router gateway port %s has project %q", p.ID, p.ProjectID)
+			}
+		}
+		if owners["compute:nova"] == 0 || owners["network:router_gateway"] == 0 || owners["Octavia"] == 0 {
+			t.Errorf("port owners %v: want servers', routers' and load balancers'", owners)
+		}
+		// Each floating IP's port_details is its port's device, as
+		// fip-port-details embeds it, and a server's port is the server's.
+		servers := map[string]TruthServer{}
+		for _, sv := range truth.Servers {
+			servers[sv.ID] = sv
+		}
+		associated := 0
+		for _, ip := range ips {
+			if ip.PortID == "" {
+				if ip.PortDetails != nil {
+					t.Errorf("floating IP %s: port_details %v without a port", ip.ID, ip.PortDetails)
+				}
+				continue
+			}
+			associated++
+			p, ok := byID[ip.PortID]
+			if !ok || ip.PortDetails["device_id"] != p.DeviceID || ip.PortDetails["device_owner"] != p.DeviceOwner {
+				t.Errorf("floating IP %s: port_details %v, port %+v", ip.ID, ip.PortDetails, p)
+			}
+			if sv, isServer := servers[p.DeviceID]; isServer && (p.DeviceOwner != "compute:nova" || sv.VMState == "deleted") {
+				t.Errorf("floating IP %s on port %+v of server %s (%s)", ip.ID, p, sv.ID, sv.VMState)
+			}
+		}
+		if associated == 0 {
+			t.Fatal("no floating IP on a port")
+		}
+		// id= repeats (any of), fields= trims the answer.
+		want := []string{all[0].ID, all[len(all)-1].ID}
+		var trimmed []map[string]any
+		pages, err = ports.List(nc, rawQuery("?id="+want[0]+"&id="+want[1]+"&fields=id&fields=device_id")).AllPages(ctx)
+		if err == nil {
+			err = ports.ExtractPortsInto(pages, &trimmed)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(trimmed) != 2 || len(trimmed[0]) != 2 || trimmed[0]["id"] != want[0] || trimmed[1]["id"] != want[1] {
+			t.Errorf("ports by id with fields: %v, want ids %v with id and device_id only", trimmed, want)
+		}
+		if _, err := ports.List(nc, rawQuery("?device_owner_prefix=compute")).AllPages(ctx); err == nil {
+			t.Error("an unknown filter was accepted: Zed answers 400")
+		}
+	})
+
 	t.Run("identity", func(t *testing.T) {
 		ic, err := openstack.NewIdentityV3(provider, eo)
 		if err != nil {
@@ -371,3 +453,9 @@ func TestGophercloudAccounting(t *testing.T) {
 		t.Errorf("own usage: %v", err)
 	}
 }
+
+// rawQuery is a port listing query written out, for what ports.ListOpts
+// cannot say (repeated filters, fields).
+type rawQuery string
+
+func (q rawQuery) ToPortListQuery() (string, error) { return string(q), nil }

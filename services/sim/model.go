@@ -191,12 +191,22 @@ type FloatingIP struct {
 	PortEvents []IPEvent
 }
 
-// IPEvent associates (ServerID set) or disassociates the IP.
+// IPEvent associates the IP with a server's port (ServerID set), with a
+// port no server owns (PortID set: a load balancer's VIP, a bare port) or
+// disassociates it (neither).
 type IPEvent struct {
 	At       time.Time `json:"at"`
 	ServerID string    `json:"server_id"`
 	FixedIP  string    `json:"fixed_ip"`
+	// PortID, DeviceOwner and DeviceID describe a port no server owns
+	// (device_owner "Octavia" for a load balancer, "" for a bare port).
+	PortID      string `json:"port_id,omitempty"`
+	DeviceOwner string `json:"device_owner,omitempty"`
+	DeviceID    string `json:"device_id,omitempty"`
 }
+
+// associated reports whether the event attaches the IP to some port.
+func (e IPEvent) associated() bool { return e.ServerID != "" || e.PortID != "" }
 
 // World is the simulated cloud.
 type World struct {
@@ -507,19 +517,26 @@ func (v *Volume) stateAt(t time.Time) VolumeState {
 	return st
 }
 
-// ipStateAt returns the port association of a floating IP at t.
+// stateAt returns the server a floating IP is associated with at t.
 func (f *FloatingIP) stateAt(t time.Time) (exists bool, serverID, fixed string, updated time.Time) {
+	exists, e, updated := f.assocAt(t)
+	return exists, e.ServerID, e.FixedIP, updated
+}
+
+// assocAt returns the last association event of a floating IP at t (the
+// zero event when it was never associated).
+func (f *FloatingIP) assocAt(t time.Time) (exists bool, e IPEvent, updated time.Time) {
 	if f.Created.After(t) || (!f.Deleted.IsZero() && !f.Deleted.After(t)) {
-		return false, "", "", time.Time{}
+		return false, IPEvent{}, time.Time{}
 	}
 	updated = f.Created
-	for _, e := range f.PortEvents {
-		if e.At.After(t) {
+	for _, ev := range f.PortEvents {
+		if ev.At.After(t) {
 			break
 		}
-		serverID, fixed, updated = e.ServerID, e.FixedIP, e.At
+		e, updated = ev, ev.At
 	}
-	return true, serverID, fixed, updated
+	return true, e, updated
 }
 
 // hasRole reports whether user has role name on project (or system).

@@ -235,6 +235,10 @@ func (s *Server) listServers(detail bool) func(http.ResponseWriter, *http.Reques
 			policyForbidden(w, rule)
 			return
 		}
+		if own := strings.TrimSuffix(rule, ":get_all_tenants"); !admin && s.forbids(own) {
+			policyForbidden(w, own)
+			return
+		}
 		var since, before time.Time
 		hasSince, hasBefore := v.Has("changes-since"), v.Has("changes-before")
 		for _, p := range []struct {

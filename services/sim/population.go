@@ -397,6 +397,18 @@ func (g *gen) floatingIP(p *Project, region string, servers []*Instance, j int) 
 			}
 		}
 	}
+	// Some IPs sit on ports no server owns: an Octavia load balancer's VIP,
+	// or a bare port (a keepalived VIP). Chosen from seq, not the random
+	// source, so the rest of the population stays what it was.
+	if at := ip.Created.Add(2 * time.Minute); at.Before(g.now) {
+		switch g.seq % 7 {
+		case 3:
+			lb := g.uuid("lb", strconv.Itoa(g.seq))
+			ip.PortEvents = []IPEvent{{At: at, PortID: g.uuid("vip", lb), DeviceOwner: "Octavia", DeviceID: "lb-" + lb, FixedIP: "10.0.0.10"}}
+		case 5:
+			ip.PortEvents = []IPEvent{{At: at, PortID: g.uuid("bare", strconv.Itoa(g.seq)), FixedIP: "10.0.0.11"}}
+		}
+	}
 	if g.rnd.IntN(5) == 0 {
 		if d := g.at(ip.Created.Add(time.Hour), g.now.Add(30*24*time.Hour)); d.Before(g.now) {
 			ip.Deleted = d

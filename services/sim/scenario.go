@@ -164,6 +164,11 @@ type scenarioFIP struct {
 		At      string `yaml:"at"`
 		Server  string `yaml:"server"`
 		FixedIP string `yaml:"fixed_ip"`
+		// Port, DeviceOwner and DeviceID associate the IP with a port no
+		// server owns (a load balancer's VIP: device_owner Octavia).
+		Port        string `yaml:"port"`
+		DeviceOwner string `yaml:"device_owner"`
+		DeviceID    string `yaml:"device_id"`
 	} `yaml:"associations"`
 }
 
@@ -396,7 +401,11 @@ func (sc *Scenario) build() (*World, error) {
 			if s, ok := srvByRef[sid]; ok {
 				sid = s.ID
 			}
-			ip.PortEvents = append(ip.PortEvents, IPEvent{At: at, ServerID: sid, FixedIP: p.FixedIP})
+			if sid != "" && p.Port != "" {
+				return nil, fmt.Errorf("floating_ips[%d]: an association names a server or a port, not both", i)
+			}
+			ip.PortEvents = append(ip.PortEvents, IPEvent{At: at, ServerID: sid, FixedIP: p.FixedIP,
+				PortID: p.Port, DeviceOwner: p.DeviceOwner, DeviceID: p.DeviceID})
 		}
 		w.FloatingIPs = append(w.FloatingIPs, ip)
 	}

@@ -84,7 +84,7 @@ type VerifierConfig struct {
 type Extractors struct {
 	Nova    NovaConfig      `yaml:"nova"`
 	Cinder  ExtractorConfig `yaml:"cinder"`
-	Neutron ExtractorConfig `yaml:"neutron"`
+	Neutron NeutronConfig   `yaml:"neutron"`
 	Energy  EnergyConfig    `yaml:"energy"`
 }
 
@@ -98,6 +98,13 @@ type EnergyConfig struct {
 type ExtractorConfig struct {
 	Enabled        bool `yaml:"enabled"`
 	extract.Config `yaml:",inline"`
+}
+
+// NeutronConfig is the Neutron extractor's section: the common keys and
+// per_user (count floating IPs per owning user, or per project as cASO).
+type NeutronConfig struct {
+	Enabled        bool `yaml:"enabled"`
+	neutron.Config `yaml:",inline"`
 }
 
 // NovaConfig is the Nova extractor's section.
@@ -165,7 +172,7 @@ func DefaultConfig() Config {
 		Extractors: Extractors{
 			Nova:    NovaConfig{Enabled: true, Config: nova.DefaultConfig()},
 			Cinder:  ExtractorConfig{Config: extract.DefaultConfig()},
-			Neutron: ExtractorConfig{Config: extract.DefaultConfig()},
+			Neutron: NeutronConfig{Config: neutron.DefaultConfig()},
 			Energy:  EnergyConfig{Config: energy.DefaultConfig()},
 		},
 		Enricher:     enricher.DefaultConfig(),
@@ -286,7 +293,8 @@ func (c *Config) Validate() error {
 			return config.Prefix("extractors.energy", err)
 		}
 	}
-	for name, e := range map[string]ExtractorConfig{"cinder": c.Extractors.Cinder, "neutron": c.Extractors.Neutron} {
+	neutronSection := ExtractorConfig{Enabled: c.Extractors.Neutron.Enabled, Config: c.Extractors.Neutron.Config.Config}
+	for name, e := range map[string]ExtractorConfig{"cinder": c.Extractors.Cinder, "neutron": neutronSection} {
 		if e.Enabled {
 			if err := e.Config.Validate(); err != nil {
 				return config.Prefix("extractors."+name, err)
@@ -367,7 +375,7 @@ func (c *Config) source(target string, logger *slog.Logger) (extract.Source, ext
 	case TargetExtractorCinder:
 		return cinder.NewSource(c.Extractors.Cinder.Config), c.Extractors.Cinder.Config
 	case TargetExtractorNeutron:
-		return neutron.NewSource(c.Extractors.Neutron.Config), c.Extractors.Neutron.Config
+		return neutron.NewSource(c.Extractors.Neutron.Config, logger), c.Extractors.Neutron.Config.Config
 	case TargetExtractorEnergy:
 		return energy.NewSource(c.Extractors.Energy.Config, logger), c.Extractors.Energy.Config.Config
 	}

@@ -84,7 +84,7 @@ func (c *Config) doctorConfig(projects []string, getenv func(string) string) doc
 		case x.Cinder.Enabled:
 			sel.Config = x.Cinder.Config
 		case x.Neutron.Enabled:
-			sel.Config = x.Neutron.Config
+			sel.Config = x.Neutron.Config.Config
 		}
 	}
 	return doctor.Config{
