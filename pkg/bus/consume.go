@@ -53,6 +53,9 @@ type ConsumerConfig struct {
 	Workers int
 	// Stage names the service in dead-letter subjects and headers.
 	Stage string
+	// MaxAckPending bounds the messages delivered and not yet acked; 0 is
+	// Workers*4.
+	MaxAckPending int
 }
 
 // ConsumerObserver receives what a consumer does, for metrics.
@@ -83,6 +86,9 @@ func (b *Bus) NewConsumer(cfg ConsumerConfig, h Handler, obs ConsumerObserver) *
 	if cfg.Workers < 1 {
 		cfg.Workers = 1
 	}
+	if cfg.MaxAckPending < 1 {
+		cfg.MaxAckPending = cfg.Workers * 4
+	}
 	return &Consumer{bus: b, cfg: cfg, handler: h, observer: obs, logger: b.logger.With("consumer", cfg.Durable)}
 }
 
@@ -96,7 +102,7 @@ func (c *Consumer) Start(ctx context.Context) error {
 		// Never give up on a message: a record is either delivered or dead-lettered
 		// with a reason, never dropped after N tries.
 		MaxDeliver:    -1,
-		MaxAckPending: c.cfg.Workers * 4,
+		MaxAckPending: c.cfg.MaxAckPending,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	})
 	if err != nil {

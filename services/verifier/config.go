@@ -57,8 +57,12 @@ type Config struct {
 	Rabbit Rabbit `yaml:"rabbit"`
 	// Store keeps the tracked usage and the exists.
 	Store StoreConfig `yaml:"store"`
-	// Workers ingest bus messages concurrently.
+	// Workers ingest batches of bus messages concurrently: while one
+	// batch commits, the next ones are read.
 	Workers int `yaml:"workers"`
+	// IngestBatch is the most bus messages applied in one store
+	// transaction (and acked after it).
+	IngestBatch int `yaml:"ingest_batch"`
 	// Reconcile asks Nova's API about an instance whose exists fails for
 	// want of tracked state or against it (StackTach's reconcile; see
 	// reconcile.go). Default off.
@@ -119,7 +123,7 @@ func DefaultConfig() Config {
 		TickTime: 30, SettleTime: 5, SettleUnits: "minutes", PoolSize: 2, BatchSize: 1000,
 		ValidationLevel: LevelBasic, FlavorFieldName: "instance_flavor_id",
 		NovaEventType: "compute.instance.exists.verified", GlanceEventType: "image.exists.verified",
-		ExponentialBackoffLimit: 10, ProcessTimeout: 3600, Workers: 32,
+		ExponentialBackoffLimit: 10, ProcessTimeout: 3600, Workers: 4, IngestBatch: 500,
 		Rabbit: Rabbit{Host: "127.0.0.1", Port: 5672, UserID: "guest", Password: "guest", VirtualHost: "/",
 			Topics:       map[string][]string{"nova": {"notifications.info"}, "glance": {"notifications.info"}},
 			NovaExchange: "nova", GlanceExchange: "glance"},
@@ -165,6 +169,8 @@ func (c Config) Validate() error {
 		return config.Errorf("process_timeout", "must be positive seconds, got %d", c.ProcessTimeout)
 	case c.Workers < 1 || c.Workers > 256:
 		return config.Errorf("workers", "must be between 1 and 256, got %d", c.Workers)
+	case c.IngestBatch < 1 || c.IngestBatch > 10000:
+		return config.Errorf("ingest_batch", "must be between 1 and 10000, got %d", c.IngestBatch)
 	case len(c.Rabbit.Topics) == 0:
 		return config.Errorf("rabbit.topics", "is empty: no exchange would be verified")
 	case c.Store.Driver != "sqlite" && c.Store.Driver != "postgres":

@@ -18,7 +18,9 @@
 //	  settle_time: 5           # verify an exists once its audit period
 //	  settle_units: minutes    #   ended this long ago
 //	  pool_size: 2             # verification workers
-//	  batchsize: 1000
+//	  batchsize: 1000          # exists claimed, checked and finished per transaction
+//	  workers: 4               # beyond StackTach: batches of bus messages ingested at once
+//	  ingest_batch: 500        #   of up to this many, applied in one transaction, then acked
 //	  validation_level: basic  # none | basic | all
 //	  flavor_field_name: instance_flavor_id   # or instance_type_id
 //	  required_image_meta: []  # for all: os_architecture, os_distro, os_version, rax_options

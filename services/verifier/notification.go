@@ -145,15 +145,14 @@ func (r *timeReader) read(o object, key string) time.Time {
 	return t
 }
 
-// parseNova reads a Nova notification; ok is false for event types that do
-// not touch usage.
-func parseNova(m *oslo.Message) (ev instanceEvent, ok bool, err error) {
+// parseNova reads a Nova notification, p its payload (nil unless an
+// object); ok is false for event types that do not touch usage.
+func parseNova(m *oslo.Message, p object) (ev instanceEvent, ok bool, err error) {
 	effect, ok := novaEvents[m.EventType]
 	if !ok {
 		return ev, false, nil
 	}
-	p, isObj := decodeObject(m.Payload)
-	if !isObj {
+	if p == nil {
 		return ev, false, fmt.Errorf("%s %s: payload is not an object", m.EventType, m.MessageID)
 	}
 	ev = instanceEvent{MessageID: m.MessageID, EventType: m.EventType, Effect: effect, When: m.When()}
@@ -238,15 +237,15 @@ func firstOf(o object, keys ...string) string {
 
 var glanceUsageEvents = map[string]bool{"image.create": true, "image.activate": true, "image.update": true, "image.upload": true}
 
-// parseGlance reads a Glance notification; ok is false for event types
-// that do not touch usage. A non-object payload (Glance sends error
-// strings) is ignored, as StackTach did.
-func parseGlance(m *oslo.Message) (ev imageEvent, ok bool, err error) {
+// parseGlance reads a Glance notification, p its payload (nil unless an
+// object); ok is false for event types that do not touch usage. A
+// non-object payload (Glance sends error strings) is ignored, as StackTach
+// did.
+func parseGlance(m *oslo.Message, p object) (ev imageEvent, ok bool, err error) {
 	if !glanceUsageEvents[m.EventType] && m.EventType != "image.delete" && m.EventType != "image.exists" {
 		return ev, false, nil
 	}
-	p, isObj := decodeObject(m.Payload)
-	if !isObj {
+	if p == nil {
 		return ev, false, nil
 	}
 	ev = imageEvent{MessageID: m.MessageID, EventType: m.EventType, When: m.When()}

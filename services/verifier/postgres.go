@@ -77,6 +77,11 @@ var pgMigrations = []string{
 
 	// 3: stored audits and the index of failed exists (postgres_reports.go).
 	pgReportsMigration,
+
+	// 4: claims walk the pending exists in (audit_end, id) order and
+	// stop at their limit, rather than sorting a backlog at each claim.
+	`CREATE INDEX instance_exists_claim ON instance_exists (status, audit_end, id);
+	CREATE INDEX image_exists_claim ON image_exists (status, audit_end, id)`,
 }
 
 // ErrSchemaTooNew is returned when a store was written by a newer tally.
@@ -228,47 +233,12 @@ func pgCollect[T any](rows pgx.Rows, err error, scan func(scanner) (T, error)) (
 
 // ApplyUsage implements Store.
 func (s *PostgresStore) ApplyUsage(ctx context.Context, ev InstanceUsage, overwrite bool) error {
-	if ev.LaunchedAt.IsZero() {
-		return errors.New("apply usage: no launched_at")
-	}
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey("launch", ev.Instance, fmt.Sprint(sec(ev.LaunchedAt)))); err != nil {
-			return err
-		}
-		old, err := scanUsage(tx.QueryRow(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE instance = $1 AND launched_sec = $2`,
-			ev.Instance, sec(ev.LaunchedAt)))
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			old = InstanceUsage{}
-		case err != nil:
-			return fmt.Errorf("read launch: %w", err)
-		}
-		u := mergeUsage(old, ev, overwrite)
-		_, err = tx.Exec(ctx, `INSERT INTO instance_usage (launched_sec, `+usageCols+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-			ON CONFLICT (instance, launched_sec) DO UPDATE SET launched_at = excluded.launched_at, tenant = excluded.tenant,
-			instance_type_id = excluded.instance_type_id, instance_flavor_id = excluded.instance_flavor_id,
-			flavor_name = excluded.flavor_name, os_architecture = excluded.os_architecture, os_distro = excluded.os_distro,
-			os_version = excluded.os_version, rax_options = excluded.rax_options, image_type = excluded.image_type,
-			updated = excluded.updated`, sec(u.LaunchedAt), u.Instance, micro(u.LaunchedAt), u.Tenant,
-			u.InstanceTypeID, u.InstanceFlavorID, u.FlavorName, u.OSArchitecture, u.OSDistro, u.OSVersion, u.RaxOptions,
-			u.ImageType, micro(u.Updated))
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("apply launch %s: %w", ev.Instance, err)
-	}
-	return nil
+	return s.ApplyBatch(ctx, &Batch{Usage: []UsageEvent{{Usage: ev, Overwrite: overwrite}}})
 }
 
 // AddDelete implements Store; the first delete of a launch is kept.
 func (s *PostgresStore) AddDelete(ctx context.Context, d InstanceDelete) error {
-	err := s.exec(ctx, `INSERT INTO instance_deletes (instance, launched_sec, launched_at, deleted_at)
-		VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, d.Instance, sec(d.LaunchedAt), micro(d.LaunchedAt), micro(d.DeletedAt))
-	if err != nil {
-		return fmt.Errorf("add delete %s: %w", d.Instance, err)
-	}
-	return nil
+	return s.ApplyBatch(ctx, &Batch{Deletes: []InstanceDelete{d}})
 }
 
 // Launches implements Store.
@@ -291,6 +261,35 @@ func (s *PostgresStore) Deletes(ctx context.Context, instance string) ([]Instanc
 	return out, nil
 }
 
+// LaunchesOf implements Store.
+func (s *PostgresStore) LaunchesOf(ctx context.Context, instances []string) (map[string][]InstanceUsage, error) {
+	rows, err := s.pool.Query(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE instance = ANY($1) ORDER BY instance, launched_sec`, instances)
+	us, err := pgCollect(rows, err, scanUsage)
+	if err != nil {
+		return nil, fmt.Errorf("launches: %w", err)
+	}
+	out := make(map[string][]InstanceUsage, len(instances))
+	for _, u := range us {
+		out[u.Instance] = append(out[u.Instance], u)
+	}
+	return out, nil
+}
+
+// DeletesOf implements Store.
+func (s *PostgresStore) DeletesOf(ctx context.Context, instances []string) (map[string][]InstanceDelete, error) {
+	rows, err := s.pool.Query(ctx, `SELECT instance, launched_at, deleted_at FROM instance_deletes WHERE instance = ANY($1)
+		ORDER BY instance, launched_sec`, instances)
+	ds, err := pgCollect(rows, err, scanDelete)
+	if err != nil {
+		return nil, fmt.Errorf("deletes: %w", err)
+	}
+	out := make(map[string][]InstanceDelete, len(instances))
+	for _, d := range ds {
+		out[d.Instance] = append(out[d.Instance], d)
+	}
+	return out, nil
+}
+
 func scanDelete(r scanner) (InstanceDelete, error) {
 	var d InstanceDelete
 	var l, at int64
@@ -301,27 +300,16 @@ func scanDelete(r scanner) (InstanceDelete, error) {
 
 // AddInstanceExists implements Store.
 func (s *PostgresStore) AddInstanceExists(ctx context.Context, e InstanceExists) error {
-	u := e.Usage
-	err := s.exec(ctx, `INSERT INTO instance_exists (msg_key, message_id, event_type, versioned, instance,
-		launched_at, deleted_at, audit_begin, audit_end, tenant, instance_type_id, instance_flavor_id, flavor_name,
-		os_architecture, os_distro, os_version, rax_options, image_type, bandwidth, invalid, received, status, routing_key, raw)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
-		ON CONFLICT (msg_key) DO NOTHING`,
-		e.Key, e.MessageID, e.EventType, e.Versioned, u.Instance, micro(u.LaunchedAt), micro(e.DeletedAt), micro(e.AuditBegin),
-		micro(e.AuditEnd), u.Tenant, u.InstanceTypeID, u.InstanceFlavorID, u.FlavorName, u.OSArchitecture, u.OSDistro,
-		u.OSVersion, u.RaxOptions, u.ImageType, e.Bandwidth, e.Invalid, micro(e.Received), string(StatusPending), e.RoutingKey, e.Raw)
-	if err != nil {
-		return fmt.Errorf("add exists %s: %w", e.MessageID, err)
-	}
-	return nil
+	return s.ApplyBatch(ctx, &Batch{Exists: []InstanceExists{e}})
 }
 
 // claim marks up to limit pending rows of table whose audit period ended by
-// endingMax as verifying; rows another replica is claiming are skipped.
+// endingMax as verifying, oldest period first (see SQLiteStore's); rows
+// another replica is claiming are skipped.
 func claim[T any](ctx context.Context, s *PostgresStore, table, cols string, endingMax time.Time, limit int,
 	scan func(scanner) (T, error), id func(T) int64) ([]T, error) {
 	rows, err := s.pool.Query(ctx, `UPDATE `+table+` SET status = $1 WHERE id IN (
-		SELECT id FROM `+table+` WHERE status = $2 AND audit_end <= $3 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
+		SELECT id FROM `+table+` WHERE status = $2 AND audit_end <= $3 ORDER BY audit_end, id LIMIT $4 FOR UPDATE SKIP LOCKED)
 		RETURNING `+cols, string(StatusVerifying), string(StatusPending), micro(endingMax), limit)
 	out, err := pgCollect(rows, err, scan)
 	if err != nil {
@@ -342,13 +330,45 @@ func (s *PostgresStore) ClaimInstanceExists(ctx context.Context, endingMax time.
 
 // FinishInstanceExists implements Store.
 func (s *PostgresStore) FinishInstanceExists(ctx context.Context, id int64, status Status, f *Failure) error {
-	args := append([]any{string(status)}, failArgs(f)...)
-	err := s.exec(ctx, `UPDATE instance_exists SET status = $1, fail_field = $2, fail_expected = $3,
-		fail_actual = $4, fail_reason = $5 WHERE id = $6`, append(args, id)...)
-	if err != nil {
-		return fmt.Errorf("finish exists %d: %w", id, err)
+	return s.FinishInstanceExistsBatch(ctx, []Finished{{ID: id, Status: status, Failure: f}})
+}
+
+// FinishInstanceExistsBatch implements Store.
+func (s *PostgresStore) FinishInstanceExistsBatch(ctx context.Context, fs []Finished) error {
+	return s.finish(ctx, "instance_exists", fs)
+}
+
+// finish updates every exists of fs in one transaction and one round trip.
+func (s *PostgresStore) finish(ctx context.Context, table string, fs []Finished) error {
+	if len(fs) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for _, f := range fs {
+		args := append(append([]any{string(f.Status)}, failArgs(f.Failure)...), f.ID)
+		b.Queue(`UPDATE `+table+` SET status = $1, fail_field = $2, fail_expected = $3,
+			fail_actual = $4, fail_reason = $5 WHERE id = $6`, args...)
+	}
+	if err := s.tx(ctx, func(tx pgx.Tx) error { return sendBatch(ctx, tx, b) }); err != nil {
+		return fmt.Errorf("finish %s: %w", table, err)
 	}
 	return nil
+}
+
+// sendBatch runs b's statements in one round trip and returns the first
+// error.
+func sendBatch(ctx context.Context, tx pgx.Tx, b *pgx.Batch) error {
+	if b.Len() == 0 {
+		return nil
+	}
+	br := tx.SendBatch(ctx, b)
+	for range b.Len() {
+		if _, err := br.Exec(); err != nil {
+			br.Close()
+			return err
+		}
+	}
+	return br.Close()
 }
 
 func pgFilter(f ExistsFilter, uuidCol string) (string, []any) {
@@ -381,37 +401,12 @@ func (s *PostgresStore) InstanceExistsList(ctx context.Context, f ExistsFilter) 
 
 // ApplyImageUsage implements Store.
 func (s *PostgresStore) ApplyImageUsage(ctx context.Context, ev ImageUsage) error {
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", lockKey("image", ev.UUID)); err != nil {
-			return err
-		}
-		old, err := scanImage(tx.QueryRow(ctx, `SELECT `+imageCols+` FROM image_usage WHERE uuid = $1`, ev.UUID))
-		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			old = ImageUsage{}
-		case err != nil:
-			return fmt.Errorf("read image: %w", err)
-		}
-		u := mergeImage(old, ev)
-		_, err = tx.Exec(ctx, `INSERT INTO image_usage (`+imageCols+`) VALUES ($1, $2, $3, $4, $5, $6)
-			ON CONFLICT (uuid) DO UPDATE SET owner = excluded.owner, size = excluded.size, has_size = excluded.has_size,
-			created_at = excluded.created_at, updated = excluded.updated`,
-			u.UUID, u.Owner, u.Size, u.HasSize, micro(u.CreatedAt), micro(u.Updated))
-		return err
-	})
-	if err != nil {
-		return fmt.Errorf("apply image %s: %w", ev.UUID, err)
-	}
-	return nil
+	return s.ApplyBatch(ctx, &Batch{ImageUsage: []ImageUsage{ev}})
 }
 
 // AddImageDelete implements Store.
 func (s *PostgresStore) AddImageDelete(ctx context.Context, d ImageDelete) error {
-	err := s.exec(ctx, `INSERT INTO image_deletes (uuid, deleted_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`, d.UUID, micro(d.DeletedAt))
-	if err != nil {
-		return fmt.Errorf("add image delete %s: %w", d.UUID, err)
-	}
-	return nil
+	return s.ApplyBatch(ctx, &Batch{ImageDeletes: []ImageDelete{d}})
 }
 
 // ImageUsage implements Store; nil when the image is unknown.
@@ -444,15 +439,7 @@ func (s *PostgresStore) ImageDeletes(ctx context.Context, uuid string) ([]ImageD
 
 // AddImageExists implements Store.
 func (s *PostgresStore) AddImageExists(ctx context.Context, e ImageExists) error {
-	err := s.exec(ctx, `INSERT INTO image_exists (msg_key, message_id, uuid, owner, size, has_size,
-		created_at, deleted_at, audit_begin, audit_end, received, status, routing_key, raw)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (msg_key, uuid) DO NOTHING`,
-		e.Key, e.MessageID, e.Image.UUID, e.Image.Owner, e.Image.Size, e.Image.HasSize, micro(e.Image.CreatedAt),
-		micro(e.DeletedAt), micro(e.AuditBegin), micro(e.AuditEnd), micro(e.Received), string(StatusPending), e.RoutingKey, e.Raw)
-	if err != nil {
-		return fmt.Errorf("add image exists %s: %w", e.MessageID, err)
-	}
-	return nil
+	return s.ApplyBatch(ctx, &Batch{ImageExists: []ImageExists{e}})
 }
 
 // ClaimImageExists implements Store.
@@ -466,13 +453,12 @@ func (s *PostgresStore) ClaimImageExists(ctx context.Context, endingMax time.Tim
 
 // FinishImageExists implements Store.
 func (s *PostgresStore) FinishImageExists(ctx context.Context, id int64, status Status, f *Failure) error {
-	args := append([]any{string(status)}, failArgs(f)...)
-	err := s.exec(ctx, `UPDATE image_exists SET status = $1, fail_field = $2, fail_expected = $3,
-		fail_actual = $4, fail_reason = $5 WHERE id = $6`, append(args, id)...)
-	if err != nil {
-		return fmt.Errorf("finish image exists %d: %w", id, err)
-	}
-	return nil
+	return s.FinishImageExistsBatch(ctx, []Finished{{ID: id, Status: status, Failure: f}})
+}
+
+// FinishImageExistsBatch implements Store.
+func (s *PostgresStore) FinishImageExistsBatch(ctx context.Context, fs []Finished) error {
+	return s.finish(ctx, "image_exists", fs)
 }
 
 // ImageExistsList implements Store.
@@ -593,4 +579,117 @@ func OpenStore(ctx context.Context, c StoreConfig) (Store, error) {
 		return OpenSQLite(ctx, c.Path)
 	}
 	return nil, fmt.Errorf("verifier: store.driver %q: want sqlite or postgres", c.Driver)
+}
+
+// ApplyBatch implements Store, in one transaction and a few round trips:
+// the advisory locks of every launch and image merged (taken in one
+// order, so two replicas' batches cannot deadlock), one read of their
+// rows, then every write in one pgx batch.
+func (s *PostgresStore) ApplyBatch(ctx context.Context, b *Batch) error {
+	if err := b.check(); err != nil {
+		return err
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	keys, images := launchKeys(b.Usage), imageKeys(b.ImageUsage)
+	err := s.tx(ctx, func(tx pgx.Tx) error {
+		var locks []int64
+		for _, k := range keys {
+			locks = append(locks, lockKey("launch", k.instance, fmt.Sprint(k.sec)))
+		}
+		for _, k := range images {
+			locks = append(locks, lockKey("image", k))
+		}
+		if len(locks) > 0 {
+			slices.Sort(locks)
+			locks = slices.Compact(locks)
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", locks); err != nil {
+				return fmt.Errorf("lock: %w", err)
+			}
+		}
+		w := &pgx.Batch{}
+		if len(keys) > 0 {
+			insts, secs := make([]string, len(keys)), make([]int64, len(keys))
+			for i, k := range keys {
+				insts[i], secs[i] = k.instance, k.sec
+			}
+			rows, err := tx.Query(ctx, `SELECT `+prefixCols("u.", usageCols)+` FROM instance_usage u
+				JOIN unnest($1::text[], $2::bigint[]) AS k(instance, sec) ON u.instance = k.instance AND u.launched_sec = k.sec`, insts, secs)
+			stored, err := pgCollect(rows, err, scanUsage)
+			if err != nil {
+				return fmt.Errorf("read launches: %w", err)
+			}
+			old := make(map[launchKey]InstanceUsage, len(stored))
+			for _, u := range stored {
+				old[launchKey{u.Instance, sec(u.LaunchedAt)}] = u
+			}
+			for _, u := range foldUsage(b.Usage, keys, old) {
+				w.Queue(pgUpsertLaunch, sec(u.LaunchedAt), u.Instance, micro(u.LaunchedAt), u.Tenant,
+					u.InstanceTypeID, u.InstanceFlavorID, u.FlavorName, u.OSArchitecture, u.OSDistro, u.OSVersion, u.RaxOptions,
+					u.ImageType, micro(u.Updated))
+			}
+		}
+		for _, d := range b.Deletes {
+			w.Queue(`INSERT INTO instance_deletes (instance, launched_sec, launched_at, deleted_at)
+				VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING`, d.Instance, sec(d.LaunchedAt), micro(d.LaunchedAt), micro(d.DeletedAt))
+		}
+		for _, e := range b.Exists {
+			w.Queue(pgInsertExists, existsArgs(e)...)
+		}
+		if len(images) > 0 {
+			rows, err := tx.Query(ctx, `SELECT `+imageCols+` FROM image_usage WHERE uuid = ANY($1)`, images)
+			stored, err := pgCollect(rows, err, scanImage)
+			if err != nil {
+				return fmt.Errorf("read images: %w", err)
+			}
+			old := make(map[string]ImageUsage, len(stored))
+			for _, u := range stored {
+				old[u.UUID] = u
+			}
+			for _, u := range foldImages(b.ImageUsage, images, old) {
+				w.Queue(`INSERT INTO image_usage (`+imageCols+`) VALUES ($1, $2, $3, $4, $5, $6)
+					ON CONFLICT (uuid) DO UPDATE SET owner = excluded.owner, size = excluded.size, has_size = excluded.has_size,
+					created_at = excluded.created_at, updated = excluded.updated`,
+					u.UUID, u.Owner, u.Size, u.HasSize, micro(u.CreatedAt), micro(u.Updated))
+			}
+		}
+		for _, d := range b.ImageDeletes {
+			w.Queue(`INSERT INTO image_deletes (uuid, deleted_at) VALUES ($1, $2) ON CONFLICT DO NOTHING`, d.UUID, micro(d.DeletedAt))
+		}
+		for _, e := range b.ImageExists {
+			w.Queue(`INSERT INTO image_exists (msg_key, message_id, uuid, owner, size, has_size,
+				created_at, deleted_at, audit_begin, audit_end, received, status, routing_key, raw)
+				VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (msg_key, uuid) DO NOTHING`,
+				imageExistsArgs(e)...)
+		}
+		return sendBatch(ctx, tx, w)
+	})
+	if err != nil {
+		return fmt.Errorf("apply batch: %w", err)
+	}
+	return nil
+}
+
+const pgUpsertLaunch = `INSERT INTO instance_usage (launched_sec, ` + usageCols + `)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+	ON CONFLICT (instance, launched_sec) DO UPDATE SET launched_at = excluded.launched_at, tenant = excluded.tenant,
+	instance_type_id = excluded.instance_type_id, instance_flavor_id = excluded.instance_flavor_id,
+	flavor_name = excluded.flavor_name, os_architecture = excluded.os_architecture, os_distro = excluded.os_distro,
+	os_version = excluded.os_version, rax_options = excluded.rax_options, image_type = excluded.image_type,
+	updated = excluded.updated`
+
+const pgInsertExists = `INSERT INTO instance_exists (msg_key, message_id, event_type, versioned, instance,
+	launched_at, deleted_at, audit_begin, audit_end, tenant, instance_type_id, instance_flavor_id, flavor_name,
+	os_architecture, os_distro, os_version, rax_options, image_type, bandwidth, invalid, received, status, routing_key, raw)
+	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
+	ON CONFLICT (msg_key) DO NOTHING`
+
+// prefixCols qualifies each column of a column list with p.
+func prefixCols(p, cols string) string {
+	parts := strings.Split(cols, ",")
+	for i, c := range parts {
+		parts[i] = p + strings.TrimSpace(c)
+	}
+	return strings.Join(parts, ", ")
 }

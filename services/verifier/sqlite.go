@@ -1,12 +1,15 @@
 package verifier
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -94,7 +97,13 @@ func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
 	if strings.Contains(path, "?") {
 		return nil, fmt.Errorf("store path %q: '?' is not allowed in a SQLite path", path)
 	}
-	dsn := path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=busy_timeout(10000)"
+	// synchronous(FULL): in WAL mode, NORMAL survives a crash of the
+	// process but may lose the last commits on power loss, and the bus
+	// message of a lost commit is already acked, so its notification would
+	// be gone for good. FULL fsyncs the WAL at every commit; batches and
+	// the group commit below make that one fsync per hundreds of
+	// notifications, not one each.
+	dsn := path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -156,9 +165,9 @@ func (s *SQLiteStore) committer() {
 	}
 }
 
-// commit runs a group in one transaction. A failing statement is rolled
-// back by SQLite on its own and fails only its op; a failed commit fails
-// them all.
+// commit runs a group in one transaction. Each op runs in a savepoint, so
+// a failing op (a batch of many writes) is undone whole and fails only
+// itself; a failed commit fails them all.
 func (s *SQLiteStore) commit(group []writeOp) {
 	ctx := context.Background()
 	errs := make([]error, len(group))
@@ -166,10 +175,16 @@ func (s *SQLiteStore) commit(group []writeOp) {
 	if err == nil {
 		for i, op := range group {
 			if errs[i] = op.ctx.Err(); errs[i] == nil {
-				errs[i] = op.fn(context.WithoutCancel(op.ctx), tx)
+				errs[i] = s.runOp(op, tx)
+			}
+			if errors.Is(errs[i], errTxBroken) {
+				err = errs[i]
+				break
 			}
 		}
-		if err = tx.Commit(); err != nil {
+		if err != nil {
+			_ = tx.Rollback()
+		} else if err = tx.Commit(); err != nil {
 			err = fmt.Errorf("commit: %w", err)
 		}
 	} else {
@@ -181,6 +196,27 @@ func (s *SQLiteStore) commit(group []writeOp) {
 		}
 		op.done <- errs[i]
 	}
+}
+
+// errTxBroken: a savepoint could not be rolled back, so the
+// transaction may hold half an op; it must not commit.
+var errTxBroken = errors.New("group transaction broken")
+
+func (s *SQLiteStore) runOp(op writeOp, tx *sql.Tx) error {
+	ctx := context.WithoutCancel(op.ctx)
+	if _, err := tx.ExecContext(ctx, "SAVEPOINT op"); err != nil {
+		return fmt.Errorf("%w: savepoint: %v", errTxBroken, err)
+	}
+	err := op.fn(ctx, tx)
+	if err != nil {
+		if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO op"); rerr != nil {
+			return fmt.Errorf("%w: %v (rollback: %v)", errTxBroken, err, rerr)
+		}
+	}
+	if _, rerr := tx.ExecContext(ctx, "RELEASE op"); rerr != nil {
+		return fmt.Errorf("%w: release savepoint: %v", errTxBroken, rerr)
+	}
+	return err
 }
 
 func micro(t time.Time) int64 {
@@ -223,39 +259,13 @@ func (s *SQLiteStore) exec(ctx context.Context, query string, args ...any) error
 
 // ApplyUsage implements Store.
 func (s *SQLiteStore) ApplyUsage(ctx context.Context, ev InstanceUsage, overwrite bool) error {
-	if ev.LaunchedAt.IsZero() {
-		return errors.New("apply usage: no launched_at")
-	}
-	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		old, err := scanUsage(tx.QueryRowContext(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE instance = ? AND launched_sec = ?`,
-			ev.Instance, sec(ev.LaunchedAt)))
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			old = InstanceUsage{}
-		case err != nil:
-			return fmt.Errorf("read launch %s: %w", ev.Instance, err)
-		}
-		u := mergeUsage(old, ev, overwrite)
-		_, err = tx.ExecContext(ctx, `INSERT OR REPLACE INTO instance_usage (launched_sec, `+usageCols+`)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, sec(u.LaunchedAt), u.Instance, micro(u.LaunchedAt), u.Tenant,
-			u.InstanceTypeID, u.InstanceFlavorID, u.FlavorName, u.OSArchitecture, u.OSDistro, u.OSVersion, u.RaxOptions,
-			u.ImageType, micro(u.Updated))
-		if err != nil {
-			return fmt.Errorf("write launch %s: %w", ev.Instance, err)
-		}
-		return nil
-	})
+	return s.ApplyBatch(ctx, &Batch{Usage: []UsageEvent{{Usage: ev, Overwrite: overwrite}}})
 }
 
 // AddDelete implements Store; the first delete of a launch is kept
 // (StackTach's get_or_create).
 func (s *SQLiteStore) AddDelete(ctx context.Context, d InstanceDelete) error {
-	err := s.exec(ctx, `INSERT OR IGNORE INTO instance_deletes (instance, launched_sec, launched_at, deleted_at)
-		VALUES (?, ?, ?, ?)`, d.Instance, sec(d.LaunchedAt), micro(d.LaunchedAt), micro(d.DeletedAt))
-	if err != nil {
-		return fmt.Errorf("add delete %s: %w", d.Instance, err)
-	}
-	return nil
+	return s.ApplyBatch(ctx, &Batch{Deletes: []InstanceDelete{d}})
 }
 
 // Launches implements Store.
@@ -294,24 +304,59 @@ func (s *SQLiteStore) Deletes(ctx context.Context, instance string) ([]InstanceD
 	return out, rows.Err()
 }
 
+// LaunchesOf implements Store.
+func (s *SQLiteStore) LaunchesOf(ctx context.Context, instances []string) (map[string][]InstanceUsage, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+usageCols+` FROM instance_usage
+		WHERE instance IN (SELECT value FROM json_each(?)) ORDER BY instance, launched_sec`, jsonList(instances))
+	if err != nil {
+		return nil, fmt.Errorf("launches: %w", err)
+	}
+	us, err := collectRows(rows, scanUsage)
+	if err != nil {
+		return nil, fmt.Errorf("launches: %w", err)
+	}
+	out := make(map[string][]InstanceUsage, len(instances))
+	for _, u := range us {
+		out[u.Instance] = append(out[u.Instance], u)
+	}
+	return out, nil
+}
+
+// DeletesOf implements Store.
+func (s *SQLiteStore) DeletesOf(ctx context.Context, instances []string) (map[string][]InstanceDelete, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT instance, launched_at, deleted_at FROM instance_deletes
+		WHERE instance IN (SELECT value FROM json_each(?)) ORDER BY instance, launched_sec`, jsonList(instances))
+	if err != nil {
+		return nil, fmt.Errorf("deletes: %w", err)
+	}
+	ds, err := collectRows(rows, scanDelete)
+	if err != nil {
+		return nil, fmt.Errorf("deletes: %w", err)
+	}
+	out := make(map[string][]InstanceDelete, len(instances))
+	for _, d := range ds {
+		out[d.Instance] = append(out[d.Instance], d)
+	}
+	return out, nil
+}
+
+// jsonList passes a list as one parameter (json_each), so the statement
+// is the same whatever the list's length.
+func jsonList(v []string) string {
+	if v == nil {
+		v = []string{}
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
 const existsCols = `id, msg_key, message_id, event_type, versioned, instance, launched_at, deleted_at, audit_begin, audit_end,
 	tenant, instance_type_id, instance_flavor_id, flavor_name, os_architecture, os_distro, os_version, rax_options,
 	image_type, bandwidth, invalid, received, status, fail_field, fail_expected, fail_actual, fail_reason, routing_key, raw`
 
 // AddInstanceExists implements Store.
 func (s *SQLiteStore) AddInstanceExists(ctx context.Context, e InstanceExists) error {
-	u := e.Usage
-	err := s.exec(ctx, `INSERT OR IGNORE INTO instance_exists (msg_key, message_id, event_type, versioned, instance,
-		launched_at, deleted_at, audit_begin, audit_end, tenant, instance_type_id, instance_flavor_id, flavor_name,
-		os_architecture, os_distro, os_version, rax_options, image_type, bandwidth, invalid, received, status, routing_key, raw)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		e.Key, e.MessageID, e.EventType, e.Versioned, u.Instance, micro(u.LaunchedAt), micro(e.DeletedAt), micro(e.AuditBegin),
-		micro(e.AuditEnd), u.Tenant, u.InstanceTypeID, u.InstanceFlavorID, u.FlavorName, u.OSArchitecture, u.OSDistro,
-		u.OSVersion, u.RaxOptions, u.ImageType, e.Bandwidth, e.Invalid, micro(e.Received), StatusPending, e.RoutingKey, e.Raw)
-	if err != nil {
-		return fmt.Errorf("add exists %s: %w", e.MessageID, err)
-	}
-	return nil
+	return s.ApplyBatch(ctx, &Batch{Exists: []InstanceExists{e}})
 }
 
 func scanFailure(field, expected, actual, reason sql.NullString) *Failure {
@@ -348,18 +393,34 @@ func collectRows[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, err
 	return out, rows.Err()
 }
 
-// ClaimInstanceExists implements Store.
+// The claims, oldest audit periods first: see ClaimInstanceExists.
+const (
+	sqliteClaimExists = `UPDATE instance_exists SET status = ? WHERE id IN (
+		SELECT id FROM instance_exists INDEXED BY instance_exists_pending WHERE status = ? AND audit_end <= ?
+		ORDER BY audit_end, id LIMIT ?) RETURNING ` + existsCols
+	sqliteClaimImageExists = `UPDATE image_exists SET status = ? WHERE id IN (
+		SELECT id FROM image_exists INDEXED BY image_exists_pending WHERE status = ? AND audit_end <= ?
+		ORDER BY audit_end, id LIMIT ?) RETURNING ` + imageExistsCols
+)
+
+// ClaimInstanceExists implements Store. It claims the oldest audit
+// periods first, in the order of the (status, audit_end) index (rowid
+// last), so a claim reads only the rows it takes: ordered by id alone, it
+// sorted every settled exists at each claim, or walked past every one not
+// settled yet, quadratic in a backlog either way.
 func (s *SQLiteStore) ClaimInstanceExists(ctx context.Context, endingMax time.Time, limit int) ([]InstanceExists, error) {
 	var out []InstanceExists
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `UPDATE instance_exists SET status = ? WHERE id IN (
-			SELECT id FROM instance_exists WHERE status = ? AND audit_end <= ? ORDER BY id LIMIT ?) RETURNING `+existsCols,
+		rows, err := tx.QueryContext(ctx, sqliteClaimExists,
 			StatusVerifying, StatusPending, micro(endingMax), limit)
 		if err != nil {
 			return err
 		}
-		out, err = collectRows(rows, scanExists)
-		return err
+		if out, err = collectRows(rows, scanExists); err != nil {
+			return err
+		}
+		slices.SortFunc(out, func(a, b InstanceExists) int { return cmp.Compare(a.ID, b.ID) })
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim exists: %w", err)
@@ -380,11 +441,35 @@ func failArgs(f *Failure) []any {
 
 // FinishInstanceExists implements Store.
 func (s *SQLiteStore) FinishInstanceExists(ctx context.Context, id int64, status Status, f *Failure) error {
-	args := append([]any{status}, failArgs(f)...)
-	err := s.exec(ctx, `UPDATE instance_exists SET status = ?, fail_field = ?, fail_expected = ?,
-		fail_actual = ?, fail_reason = ? WHERE id = ?`, append(args, id)...)
+	return s.FinishInstanceExistsBatch(ctx, []Finished{{ID: id, Status: status, Failure: f}})
+}
+
+// FinishInstanceExistsBatch implements Store.
+func (s *SQLiteStore) FinishInstanceExistsBatch(ctx context.Context, fs []Finished) error {
+	return s.finish(ctx, "instance_exists", fs)
+}
+
+func (s *SQLiteStore) finish(ctx context.Context, table string, fs []Finished) error {
+	if len(fs) == 0 {
+		return nil
+	}
+	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		st, err := tx.PrepareContext(ctx, `UPDATE `+table+` SET status = ?, fail_field = ?, fail_expected = ?,
+			fail_actual = ?, fail_reason = ? WHERE id = ?`)
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		for _, f := range fs {
+			args := append(append([]any{f.Status}, failArgs(f.Failure)...), f.ID)
+			if _, err := st.ExecContext(ctx, args...); err != nil {
+				return fmt.Errorf("%d: %w", f.ID, err)
+			}
+		}
+		return nil
+	})
 	if err != nil {
-		return fmt.Errorf("finish exists %d: %w", id, err)
+		return fmt.Errorf("finish %s: %w", table, err)
 	}
 	return nil
 }
@@ -416,22 +501,7 @@ func (s *SQLiteStore) InstanceExistsList(ctx context.Context, f ExistsFilter) ([
 
 // ApplyImageUsage implements Store.
 func (s *SQLiteStore) ApplyImageUsage(ctx context.Context, ev ImageUsage) error {
-	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		old, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageCols+` FROM image_usage WHERE uuid = ?`, ev.UUID))
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			old = ImageUsage{}
-		case err != nil:
-			return fmt.Errorf("read image %s: %w", ev.UUID, err)
-		}
-		u := mergeImage(old, ev)
-		_, err = tx.ExecContext(ctx, `INSERT OR REPLACE INTO image_usage (`+imageCols+`) VALUES (?, ?, ?, ?, ?, ?)`,
-			u.UUID, u.Owner, u.Size, u.HasSize, micro(u.CreatedAt), micro(u.Updated))
-		if err != nil {
-			return fmt.Errorf("write image %s: %w", ev.UUID, err)
-		}
-		return nil
-	})
+	return s.ApplyBatch(ctx, &Batch{ImageUsage: []ImageUsage{ev}})
 }
 
 const imageCols = `uuid, owner, size, has_size, created_at, updated`
@@ -446,11 +516,7 @@ func scanImage(r scanner) (ImageUsage, error) {
 
 // AddImageDelete implements Store.
 func (s *SQLiteStore) AddImageDelete(ctx context.Context, d ImageDelete) error {
-	err := s.exec(ctx, `INSERT OR IGNORE INTO image_deletes (uuid, deleted_at) VALUES (?, ?)`, d.UUID, micro(d.DeletedAt))
-	if err != nil {
-		return fmt.Errorf("add image delete %s: %w", d.UUID, err)
-	}
-	return nil
+	return s.ApplyBatch(ctx, &Batch{ImageDeletes: []ImageDelete{d}})
 }
 
 // ImageUsage implements Store; nil when the image is unknown.
@@ -497,29 +563,23 @@ func scanImageExists(r scanner) (ImageExists, error) {
 
 // AddImageExists implements Store.
 func (s *SQLiteStore) AddImageExists(ctx context.Context, e ImageExists) error {
-	err := s.exec(ctx, `INSERT OR IGNORE INTO image_exists (msg_key, message_id, uuid, owner, size, has_size,
-		created_at, deleted_at, audit_begin, audit_end, received, status, routing_key, raw)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, e.Key, e.MessageID, e.Image.UUID, e.Image.Owner, e.Image.Size,
-		e.Image.HasSize, micro(e.Image.CreatedAt), micro(e.DeletedAt), micro(e.AuditBegin), micro(e.AuditEnd),
-		micro(e.Received), StatusPending, e.RoutingKey, e.Raw)
-	if err != nil {
-		return fmt.Errorf("add image exists %s: %w", e.MessageID, err)
-	}
-	return nil
+	return s.ApplyBatch(ctx, &Batch{ImageExists: []ImageExists{e}})
 }
 
 // ClaimImageExists implements Store.
 func (s *SQLiteStore) ClaimImageExists(ctx context.Context, endingMax time.Time, limit int) ([]ImageExists, error) {
 	var out []ImageExists
 	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, `UPDATE image_exists SET status = ? WHERE id IN (
-			SELECT id FROM image_exists WHERE status = ? AND audit_end <= ? ORDER BY id LIMIT ?) RETURNING `+imageExistsCols,
+		rows, err := tx.QueryContext(ctx, sqliteClaimImageExists,
 			StatusVerifying, StatusPending, micro(endingMax), limit)
 		if err != nil {
 			return err
 		}
-		out, err = collectRows(rows, scanImageExists)
-		return err
+		if out, err = collectRows(rows, scanImageExists); err != nil {
+			return err
+		}
+		slices.SortFunc(out, func(a, b ImageExists) int { return cmp.Compare(a.ID, b.ID) })
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("claim image exists: %w", err)
@@ -529,13 +589,12 @@ func (s *SQLiteStore) ClaimImageExists(ctx context.Context, endingMax time.Time,
 
 // FinishImageExists implements Store.
 func (s *SQLiteStore) FinishImageExists(ctx context.Context, id int64, status Status, f *Failure) error {
-	args := append([]any{status}, failArgs(f)...)
-	err := s.exec(ctx, `UPDATE image_exists SET status = ?, fail_field = ?, fail_expected = ?,
-		fail_actual = ?, fail_reason = ? WHERE id = ?`, append(args, id)...)
-	if err != nil {
-		return fmt.Errorf("finish image exists %d: %w", id, err)
-	}
-	return nil
+	return s.FinishImageExistsBatch(ctx, []Finished{{ID: id, Status: status, Failure: f}})
+}
+
+// FinishImageExistsBatch implements Store.
+func (s *SQLiteStore) FinishImageExistsBatch(ctx context.Context, fs []Finished) error {
+	return s.finish(ctx, "image_exists", fs)
 }
 
 // ImageExistsList implements Store.
@@ -626,3 +685,133 @@ func (s *SQLiteStore) CountExists(ctx context.Context) (instances, images map[St
 }
 
 var _ Store = (*SQLiteStore)(nil)
+
+// The statements of ApplyBatch, prepared once per batch.
+const (
+	sqliteSelectLaunch = `SELECT ` + usageCols + ` FROM instance_usage WHERE instance = ? AND launched_sec = ?`
+	sqliteUpsertLaunch = `INSERT OR REPLACE INTO instance_usage (launched_sec, ` + usageCols + `)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	sqliteInsertDelete = `INSERT OR IGNORE INTO instance_deletes (instance, launched_sec, launched_at, deleted_at) VALUES (?, ?, ?, ?)`
+	sqliteInsertExists = `INSERT OR IGNORE INTO instance_exists (msg_key, message_id, event_type, versioned, instance,
+		launched_at, deleted_at, audit_begin, audit_end, tenant, instance_type_id, instance_flavor_id, flavor_name,
+		os_architecture, os_distro, os_version, rax_options, image_type, bandwidth, invalid, received, status, routing_key, raw)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+	sqliteSelectImage       = `SELECT ` + imageCols + ` FROM image_usage WHERE uuid = ?`
+	sqliteUpsertImage       = `INSERT OR REPLACE INTO image_usage (` + imageCols + `) VALUES (?, ?, ?, ?, ?, ?)`
+	sqliteInsertImageDelete = `INSERT OR IGNORE INTO image_deletes (uuid, deleted_at) VALUES (?, ?)`
+	sqliteInsertImageExists = `INSERT OR IGNORE INTO image_exists (msg_key, message_id, uuid, owner, size, has_size,
+		created_at, deleted_at, audit_begin, audit_end, received, status, routing_key, raw)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+)
+
+// ApplyBatch implements Store: one op of the group commit, in its own
+// savepoint, each statement prepared once for the whole batch.
+func (s *SQLiteStore) ApplyBatch(ctx context.Context, b *Batch) error {
+	if err := b.check(); err != nil {
+		return err
+	}
+	if b.Len() == 0 {
+		return nil
+	}
+	return s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		// each runs query once per item of a slice with one prepared statement.
+		each := func(what, query string, n int, args func(i int) []any) error {
+			if n == 0 {
+				return nil
+			}
+			st, err := tx.PrepareContext(ctx, query)
+			if err != nil {
+				return fmt.Errorf("%s: %w", what, err)
+			}
+			defer st.Close()
+			for i := range n {
+				if _, err := st.ExecContext(ctx, args(i)...); err != nil {
+					return fmt.Errorf("%s: %w", what, err)
+				}
+			}
+			return nil
+		}
+		if len(b.Usage) > 0 {
+			keys := launchKeys(b.Usage)
+			old := make(map[launchKey]InstanceUsage, len(keys))
+			if err := lookup(ctx, tx, sqliteSelectLaunch, keys, func(k launchKey) []any { return []any{k.instance, k.sec} }, scanUsage,
+				func(k launchKey, u InstanceUsage) { old[k] = u }); err != nil {
+				return fmt.Errorf("read launches: %w", err)
+			}
+			launches := foldUsage(b.Usage, keys, old)
+			if err := each("write launch", sqliteUpsertLaunch, len(launches), func(i int) []any {
+				u := launches[i]
+				return []any{sec(u.LaunchedAt), u.Instance, micro(u.LaunchedAt), u.Tenant, u.InstanceTypeID, u.InstanceFlavorID,
+					u.FlavorName, u.OSArchitecture, u.OSDistro, u.OSVersion, u.RaxOptions, u.ImageType, micro(u.Updated)}
+			}); err != nil {
+				return err
+			}
+		}
+		if err := each("add delete", sqliteInsertDelete, len(b.Deletes), func(i int) []any {
+			d := b.Deletes[i]
+			return []any{d.Instance, sec(d.LaunchedAt), micro(d.LaunchedAt), micro(d.DeletedAt)}
+		}); err != nil {
+			return err
+		}
+		if err := each("add exists", sqliteInsertExists, len(b.Exists), func(i int) []any { return existsArgs(b.Exists[i]) }); err != nil {
+			return err
+		}
+		if len(b.ImageUsage) > 0 {
+			keys := imageKeys(b.ImageUsage)
+			old := make(map[string]ImageUsage, len(keys))
+			if err := lookup(ctx, tx, sqliteSelectImage, keys, func(k string) []any { return []any{k} }, scanImage,
+				func(k string, u ImageUsage) { old[k] = u }); err != nil {
+				return fmt.Errorf("read images: %w", err)
+			}
+			images := foldImages(b.ImageUsage, keys, old)
+			if err := each("write image", sqliteUpsertImage, len(images), func(i int) []any {
+				u := images[i]
+				return []any{u.UUID, u.Owner, u.Size, u.HasSize, micro(u.CreatedAt), micro(u.Updated)}
+			}); err != nil {
+				return err
+			}
+		}
+		if err := each("add image delete", sqliteInsertImageDelete, len(b.ImageDeletes), func(i int) []any {
+			d := b.ImageDeletes[i]
+			return []any{d.UUID, micro(d.DeletedAt)}
+		}); err != nil {
+			return err
+		}
+		return each("add image exists", sqliteInsertImageExists, len(b.ImageExists), func(i int) []any { return imageExistsArgs(b.ImageExists[i]) })
+	})
+}
+
+// lookup reads the stored row of each key, if any, with one prepared
+// statement.
+func lookup[K, V any](ctx context.Context, tx *sql.Tx, query string, keys []K, args func(K) []any, scan func(scanner) (V, error), found func(K, V)) error {
+	st, err := tx.PrepareContext(ctx, query)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for _, k := range keys {
+		v, err := scan(st.QueryRowContext(ctx, args(k)...))
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return err
+		default:
+			found(k, v)
+		}
+	}
+	return nil
+}
+
+// existsArgs and imageExistsArgs are the values of an exists' insert, the
+// same for both stores.
+func existsArgs(e InstanceExists) []any {
+	u := e.Usage
+	return []any{e.Key, e.MessageID, e.EventType, e.Versioned, u.Instance, micro(u.LaunchedAt), micro(e.DeletedAt), micro(e.AuditBegin),
+		micro(e.AuditEnd), u.Tenant, u.InstanceTypeID, u.InstanceFlavorID, u.FlavorName, u.OSArchitecture, u.OSDistro,
+		u.OSVersion, u.RaxOptions, u.ImageType, e.Bandwidth, e.Invalid, micro(e.Received), string(StatusPending), e.RoutingKey, e.Raw}
+}
+
+func imageExistsArgs(e ImageExists) []any {
+	return []any{e.Key, e.MessageID, e.Image.UUID, e.Image.Owner, e.Image.Size, e.Image.HasSize, micro(e.Image.CreatedAt),
+		micro(e.DeletedAt), micro(e.AuditBegin), micro(e.AuditEnd), micro(e.Received), string(StatusPending), e.RoutingKey, e.Raw}
+}

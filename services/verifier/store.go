@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -128,6 +129,47 @@ type ExistsFilter struct {
 	UUID string
 }
 
+// UsageEvent is one ApplyUsage in a Batch.
+type UsageEvent struct {
+	Usage     InstanceUsage
+	Overwrite bool
+}
+
+// Batch is what a run of notifications changes, for ApplyBatch. Each kind
+// lives in its own table and no write reads another kind, so the order
+// that matters is the order within each slice.
+type Batch struct {
+	Usage        []UsageEvent
+	Deletes      []InstanceDelete
+	Exists       []InstanceExists
+	ImageUsage   []ImageUsage
+	ImageDeletes []ImageDelete
+	ImageExists  []ImageExists
+}
+
+// Len is the number of writes in b.
+func (b *Batch) Len() int {
+	return len(b.Usage) + len(b.Deletes) + len(b.Exists) + len(b.ImageUsage) + len(b.ImageDeletes) + len(b.ImageExists)
+}
+
+// check refuses, before anything is written, what ApplyUsage refuses.
+func (b *Batch) check() error {
+	for _, ev := range b.Usage {
+		if ev.Usage.LaunchedAt.IsZero() {
+			return errors.New("apply usage: no launched_at")
+		}
+	}
+	return nil
+}
+
+// Finished is the outcome of one verified exists, for the Finish*Batch
+// methods.
+type Finished struct {
+	ID      int64
+	Status  Status
+	Failure *Failure
+}
+
 // Store keeps the tracked usage and the exists. Every write is idempotent:
 // a notification applied twice changes nothing the second time.
 type Store interface {
@@ -136,12 +178,25 @@ type Store interface {
 	AddDelete(ctx context.Context, d InstanceDelete) error
 	// AddInstanceExists ignores an exists whose Key is known.
 	AddInstanceExists(ctx context.Context, e InstanceExists) error
+	// ApplyBatch makes every write of b in one transaction, all or none.
+	// The state it leaves is the state the single writes (ApplyUsage,
+	// AddDelete, AddInstanceExists, ApplyImageUsage, AddImageDelete,
+	// AddImageExists) leave when made one by one in b's order, so a batch
+	// applied again, whole or in part, changes nothing.
+	ApplyBatch(ctx context.Context, b *Batch) error
 	Launches(ctx context.Context, instance string) ([]InstanceUsage, error)
 	Deletes(ctx context.Context, instance string) ([]InstanceDelete, error)
+	// LaunchesOf and DeletesOf are Launches and Deletes of several
+	// instances in one query, by instance.
+	LaunchesOf(ctx context.Context, instances []string) (map[string][]InstanceUsage, error)
+	DeletesOf(ctx context.Context, instances []string) (map[string][]InstanceDelete, error)
 	// ClaimInstanceExists marks up to limit pending exists whose audit
 	// period ended by endingMax as verifying and returns them.
 	ClaimInstanceExists(ctx context.Context, endingMax time.Time, limit int) ([]InstanceExists, error)
 	FinishInstanceExists(ctx context.Context, id int64, status Status, f *Failure) error
+	// FinishInstanceExistsBatch is FinishInstanceExists of each, in one
+	// transaction.
+	FinishInstanceExistsBatch(ctx context.Context, fs []Finished) error
 	InstanceExistsList(ctx context.Context, f ExistsFilter) ([]InstanceExists, error)
 
 	ApplyImageUsage(ctx context.Context, u ImageUsage) error
@@ -151,6 +206,7 @@ type Store interface {
 	ImageDeletes(ctx context.Context, uuid string) ([]ImageDelete, error)
 	ClaimImageExists(ctx context.Context, endingMax time.Time, limit int) ([]ImageExists, error)
 	FinishImageExists(ctx context.Context, id int64, status Status, f *Failure) error
+	FinishImageExistsBatch(ctx context.Context, fs []Finished) error
 	ImageExistsList(ctx context.Context, f ExistsFilter) ([]ImageExists, error)
 
 	// CountExists counts instance and image exists by status.
@@ -222,5 +278,76 @@ func mergeImage(old, ev ImageUsage) ImageUsage {
 		out.Updated = ev.Updated
 	}
 	out.UUID = ev.UUID
+	return out
+}
+
+// launchKey is a launch's row key: instance and launched_at's second.
+type launchKey struct {
+	instance string
+	sec      int64
+}
+
+// launchKeys lists the launches events touch, each once, in first-seen
+// order.
+func launchKeys(events []UsageEvent) []launchKey {
+	seen := make(map[launchKey]bool, len(events))
+	var keys []launchKey
+	for _, ev := range events {
+		k := launchKey{ev.Usage.Instance, sec(ev.Usage.LaunchedAt)}
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// foldUsage merges events, in order, into the stored launches (old, by
+// key; absent is a new launch) and returns the launches to write, in the
+// order of keys: exactly what ApplyUsage one event at a time would leave.
+func foldUsage(events []UsageEvent, keys []launchKey, old map[launchKey]InstanceUsage) []InstanceUsage {
+	state := make(map[launchKey]InstanceUsage, len(keys))
+	for _, ev := range events {
+		k := launchKey{ev.Usage.Instance, sec(ev.Usage.LaunchedAt)}
+		cur, ok := state[k]
+		if !ok {
+			cur = old[k]
+		}
+		state[k] = mergeUsage(cur, ev.Usage, ev.Overwrite)
+	}
+	out := make([]InstanceUsage, len(keys))
+	for i, k := range keys {
+		out[i] = state[k]
+	}
+	return out
+}
+
+// imageKeys lists the images events touch, each once, in first-seen order.
+func imageKeys(events []ImageUsage) []string {
+	seen := make(map[string]bool, len(events))
+	var keys []string
+	for _, ev := range events {
+		if !seen[ev.UUID] {
+			seen[ev.UUID] = true
+			keys = append(keys, ev.UUID)
+		}
+	}
+	return keys
+}
+
+// foldImages is foldUsage for images (mergeImage).
+func foldImages(events []ImageUsage, keys []string, old map[string]ImageUsage) []ImageUsage {
+	state := make(map[string]ImageUsage, len(keys))
+	for _, ev := range events {
+		cur, ok := state[ev.UUID]
+		if !ok {
+			cur = old[ev.UUID]
+		}
+		state[ev.UUID] = mergeImage(cur, ev)
+	}
+	out := make([]ImageUsage, len(keys))
+	for i, k := range keys {
+		out[i] = state[k]
+	}
 	return out
 }

@@ -34,7 +34,7 @@ type Verifier struct {
 	store    Store
 	ownStore bool
 	bus      *bus.Bus
-	consumer *bus.Consumer
+	consumer *bus.BatchConsumer
 	notifier *notifier
 	done     chan struct{}
 	running  atomic.Bool
@@ -112,9 +112,9 @@ func (v *Verifier) Start(ctx context.Context) error {
 	if v.metrics != nil {
 		obs = v.metrics
 	}
-	v.consumer = v.bus.NewConsumer(bus.ConsumerConfig{
+	v.consumer = v.bus.NewBatchConsumer(bus.ConsumerConfig{
 		Stream: bus.NotificationsStream, Durable: Durable, FilterSubjects: filters, Workers: v.cfg.Workers, Stage: Name,
-	}, v.handle, obs)
+	}, v.cfg.IngestBatch, v.handleBatch, obs)
 	if err := v.consumer.Start(ctx); err != nil {
 		return v.closeOnError(err)
 	}
@@ -188,15 +188,64 @@ func (v *Verifier) Stop(ctx context.Context) error {
 	return err
 }
 
-func (v *Verifier) handle(ctx context.Context, m *bus.Message) error {
-	return v.Ingest(ctx, m.Data, m.Header.Get(bridge.HeaderRoutingKey))
+// handleBatch applies a batch of bus messages in one store transaction.
+// Each message is read first; one that can never be applied is answered
+// with its permanent error and left out. If the transaction fails, the
+// messages are applied one by one, so that a message the store refuses
+// holds back only itself.
+func (v *Verifier) handleBatch(ctx context.Context, msgs []*bus.Message) []error {
+	errs := make([]error, len(msgs))
+	var all Batch
+	parts := make([]Batch, len(msgs))
+	for i, m := range msgs {
+		errs[i] = v.collect(&parts[i], m.Data, m.Header.Get(bridge.HeaderRoutingKey))
+		if errs[i] == nil {
+			all.append(&parts[i])
+		}
+	}
+	err := v.store.ApplyBatch(ctx, &all)
+	if err == nil || len(msgs) == 1 {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		return errs
+	}
+	v.logger.Warn("batch failed; applying its messages one by one", "messages", len(msgs), "error", err)
+	for i := range parts {
+		if errs[i] == nil {
+			errs[i] = v.store.ApplyBatch(ctx, &parts[i])
+		}
+	}
+	return errs
+}
+
+// append adds o's writes after b's.
+func (b *Batch) append(o *Batch) {
+	b.Usage = append(b.Usage, o.Usage...)
+	b.Deletes = append(b.Deletes, o.Deletes...)
+	b.Exists = append(b.Exists, o.Exists...)
+	b.ImageUsage = append(b.ImageUsage, o.ImageUsage...)
+	b.ImageDeletes = append(b.ImageDeletes, o.ImageDeletes...)
+	b.ImageExists = append(b.ImageExists, o.ImageExists...)
 }
 
 // Ingest applies one notification body (an oslo.messaging body as it came
 // from RabbitMQ) to the tracked state. It is idempotent. A body that can
 // never be applied returns a bus.Permanent error.
 func (v *Verifier) Ingest(ctx context.Context, body []byte, routingKey string) error {
-	msg, err := oslo.Parse(body)
+	var b Batch
+	if err := v.collect(&b, body, routingKey); err != nil {
+		return err
+	}
+	return v.store.ApplyBatch(ctx, &b)
+}
+
+// collect adds to b what one notification body changes. A body that can
+// never be applied returns a bus.Permanent error.
+func (v *Verifier) collect(b *Batch, body []byte, routingKey string) error {
+	msg, payload, err := oslo.ParseDecoded(body)
 	if err != nil {
 		return bus.Permanent(err)
 	}
@@ -204,9 +253,9 @@ func (v *Verifier) Ingest(ctx context.Context, body []byte, routingKey string) e
 		v.metrics.RecordsIn.WithLabelValues(Name, "notification").Inc()
 	}
 	if strings.HasPrefix(msg.EventType, "image.") {
-		return v.ingestImage(ctx, msg, routingKey, body)
+		return collectImage(b, msg, payload, routingKey, body)
 	}
-	ev, ok, err := parseNova(msg)
+	ev, ok, err := parseNova(msg, payload)
 	if err != nil {
 		return bus.Permanent(err)
 	}
@@ -221,7 +270,7 @@ func (v *Verifier) Ingest(ctx context.Context, body []byte, routingKey string) e
 		}
 		u := ev.Usage
 		u.Updated = ev.When
-		return v.store.ApplyUsage(ctx, u, ev.Effect == effectUpdate)
+		b.Usage = append(b.Usage, UsageEvent{Usage: u, Overwrite: ev.Effect == effectUpdate})
 	case effectDelete:
 		if ev.Usage.LaunchedAt.IsZero() {
 			return nil // never launched: nothing was used
@@ -230,21 +279,21 @@ func (v *Verifier) Ingest(ctx context.Context, body []byte, routingKey string) e
 		if at.IsZero() {
 			at = ev.When
 		}
-		return v.store.AddDelete(ctx, InstanceDelete{Instance: ev.Instance, LaunchedAt: ev.Usage.LaunchedAt, DeletedAt: at})
+		b.Deletes = append(b.Deletes, InstanceDelete{Instance: ev.Instance, LaunchedAt: ev.Usage.LaunchedAt, DeletedAt: at})
 	case effectExists:
 		id := msg.MessageID
 		if id == "" {
 			return bus.Permanent(fmt.Errorf("%s for %s without message_id", msg.EventType, ev.Instance))
 		}
-		return v.store.AddInstanceExists(ctx, InstanceExists{Key: oslo.Key(msg, body), MessageID: id, EventType: msg.EventType, Versioned: ev.Versioned,
+		b.Exists = append(b.Exists, InstanceExists{Key: oslo.Key(msg, body), MessageID: id, EventType: msg.EventType, Versioned: ev.Versioned,
 			Usage: ev.Usage, DeletedAt: ev.DeletedAt, AuditBegin: ev.AuditBegin, AuditEnd: ev.AuditEnd, Bandwidth: ev.Bandwidth,
 			Invalid: ev.Invalid, Received: ev.When, RoutingKey: routingKey, Raw: body})
 	}
 	return nil
 }
 
-func (v *Verifier) ingestImage(ctx context.Context, msg *oslo.Message, routingKey string, body []byte) error {
-	ev, ok, err := parseGlance(msg)
+func collectImage(b *Batch, msg *oslo.Message, payload map[string]any, routingKey string, body []byte) error {
+	ev, ok, err := parseGlance(msg, payload)
 	if err != nil {
 		return bus.Permanent(err)
 	}
@@ -269,22 +318,12 @@ func (v *Verifier) ingestImage(ctx context.Context, msg *oslo.Message, routingKe
 			if i == 0 {
 				e.Raw = body // once per message: the verified notification re-emits it
 			}
-			if err := v.store.AddImageExists(ctx, e); err != nil {
-				return err
-			}
+			b.ImageExists = append(b.ImageExists, e)
 		}
 	case msg.EventType == "image.delete":
-		for _, d := range ev.Deleted {
-			if err := v.store.AddImageDelete(ctx, d); err != nil {
-				return err
-			}
-		}
+		b.ImageDeletes = append(b.ImageDeletes, ev.Deleted...)
 	default:
-		for _, u := range ev.Images {
-			if err := v.store.ApplyImageUsage(ctx, u); err != nil {
-				return err
-			}
-		}
+		b.ImageUsage = append(b.ImageUsage, ev.Images...)
 	}
 	return nil
 }
@@ -316,10 +355,14 @@ func (v *Verifier) VerifyPending(ctx context.Context) (PassResult, error) {
 			res.Failed++
 		}
 	}
-	if err := drain(ctx, v, endingMax, v.store.ClaimInstanceExists, v.verifyInstance, count); err != nil {
+	instances := kind[InstanceExists]{name: "instance", claim: v.store.ClaimInstanceExists, prepare: v.instanceVerifier,
+		finish: v.store.FinishInstanceExistsBatch, id: func(e InstanceExists) (int64, string) { return e.ID, e.MessageID }}
+	if err := drain(ctx, v, endingMax, instances, count); err != nil {
 		return res, err
 	}
-	if err := drain(ctx, v, endingMax, v.store.ClaimImageExists, v.verifyImage, count); err != nil {
+	images := kind[ImageExists]{name: "image", claim: v.store.ClaimImageExists, prepare: v.imageVerifier,
+		finish: v.store.FinishImageExistsBatch, id: func(e ImageExists) (int64, string) { return e.ID, e.MessageID }}
+	if err := drain(ctx, v, endingMax, images, count); err != nil {
 		return res, err
 	}
 	if res.Verified+res.Failed > 0 {
@@ -365,94 +408,141 @@ feed:
 	return first
 }
 
-func (v *Verifier) verifyInstance(ctx context.Context, e InstanceExists) (*Failure, error) {
-	launches, err := v.store.Launches(ctx, e.Usage.Instance)
+// instanceVerifier reads the launches and deletes of a claimed batch's
+// instances in two queries and returns the check of one exists against
+// them, reconciling and notifying as configured.
+func (v *Verifier) instanceVerifier(ctx context.Context, batch []InstanceExists) (func(context.Context, InstanceExists) (*Failure, error), error) {
+	seen := make(map[string]bool, len(batch))
+	var ids []string
+	for _, e := range batch {
+		if !seen[e.Usage.Instance] {
+			seen[e.Usage.Instance] = true
+			ids = append(ids, e.Usage.Instance)
+		}
+	}
+	launches, err := v.store.LaunchesOf(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
-	deletes, err := v.store.Deletes(ctx, e.Usage.Instance)
+	deletes, err := v.store.DeletesOf(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
-	f := v.rules.verifyInstance(e, launches, deletes)
-	if f != nil && v.rules.reconcilable(e, f) {
-		if f, err = v.reconcile(ctx, e, f); err != nil {
+	return func(ctx context.Context, e InstanceExists) (*Failure, error) {
+		f := v.rules.verifyInstance(e, launches[e.Usage.Instance], deletes[e.Usage.Instance])
+		if f != nil && v.rules.reconcilable(e, f) {
+			var err error
+			if f, err = v.reconcile(ctx, e, f); err != nil {
+				return nil, err
+			}
+		}
+		if f == nil && v.notifier != nil {
+			if err := v.notifier.verified(ctx, v.cfg.Rabbit.NovaExchange, v.cfg.NovaEventType, e.RoutingKey, e.Raw); err != nil {
+				return nil, err
+			}
+		}
+		return f, nil
+	}, nil
+}
+
+// imageVerifier checks image exists one by one: images are few next to
+// instances.
+func (v *Verifier) imageVerifier(context.Context, []ImageExists) (func(context.Context, ImageExists) (*Failure, error), error) {
+	return func(ctx context.Context, e ImageExists) (*Failure, error) {
+		u, err := v.store.ImageUsage(ctx, e.Image.UUID)
+		if err != nil {
 			return nil, err
 		}
-	}
-	return f, v.finish("instance", e.ID, e.MessageID, f, func(s Status) error {
-		return v.store.FinishInstanceExists(ctx, e.ID, s, f)
-	}, func() error {
-		return v.notifier.verified(ctx, v.cfg.Rabbit.NovaExchange, v.cfg.NovaEventType, e.RoutingKey, e.Raw)
-	})
-}
-
-func (v *Verifier) verifyImage(ctx context.Context, e ImageExists) (*Failure, error) {
-	u, err := v.store.ImageUsage(ctx, e.Image.UUID)
-	if err != nil {
-		return nil, err
-	}
-	deletes, err := v.store.ImageDeletes(ctx, e.Image.UUID)
-	if err != nil {
-		return nil, err
-	}
-	f := v.rules.verifyImage(e, u, deletes)
-	return f, v.finish("image", e.ID, e.MessageID, f, func(s Status) error {
-		return v.store.FinishImageExists(ctx, e.ID, s, f)
-	}, func() error {
-		if e.Raw == nil {
-			return nil // one verified notification per image.exists message
+		deletes, err := v.store.ImageDeletes(ctx, e.Image.UUID)
+		if err != nil {
+			return nil, err
 		}
-		return v.notifier.verified(ctx, v.cfg.Rabbit.GlanceExchange, v.cfg.GlanceEventType, e.RoutingKey, e.Raw)
-	})
-}
-
-func (v *Verifier) finish(kind string, id int64, msgID string, f *Failure, mark func(Status) error, notify func() error) error {
-	status := StatusVerified
-	if f != nil {
-		status = StatusFailed
-	}
-	if status == StatusVerified && v.notifier != nil {
-		// Before marking: a crash in between re-verifies and re-sends, and
-		// the new message id of a re-send is derived from the old one, so
-		// consumers can drop it.
-		if err := notify(); err != nil {
-			return err
+		f := v.rules.verifyImage(e, u, deletes)
+		// One verified notification per image.exists message (Raw is kept
+		// on its first image only).
+		if f == nil && v.notifier != nil && e.Raw != nil {
+			if err := v.notifier.verified(ctx, v.cfg.Rabbit.GlanceExchange, v.cfg.GlanceEventType, e.RoutingKey, e.Raw); err != nil {
+				return nil, err
+			}
 		}
-	}
-	if err := mark(status); err != nil {
-		return err
-	}
-	if v.metrics != nil {
-		v.metrics.RecordsOut.WithLabelValues(Name, string(status), kind).Inc()
-	}
-	if f != nil {
-		v.logger.Debug("exists failed", "kind", kind, "id", id, "message_id", msgID, "field", f.Field, "reason", f.Reason)
-	}
-	return nil
+		return f, nil
+	}, nil
 }
 
-// drain claims pending exists of one kind a batch at a time and verifies
-// each batch with the worker pool, until a short batch says none is left.
-func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time,
-	claim func(context.Context, time.Time, int) ([]E, error),
-	verify func(context.Context, E) (*Failure, error),
-	count func(*Failure),
-) error {
+// kind is how a pass claims, checks and finishes one kind of exists.
+type kind[E any] struct {
+	name  string
+	claim func(context.Context, time.Time, int) ([]E, error)
+	// prepare reads what the checks of a claimed batch need and returns
+	// the check of one exists. The check sends the verified notification
+	// before the exists is marked: a crash in between re-verifies and
+	// re-sends, and the new message id of a re-send is derived from the
+	// old one, so consumers can drop it.
+	prepare func(context.Context, []E) (func(context.Context, E) (*Failure, error), error)
+	finish  func(context.Context, []Finished) error
+	id      func(E) (int64, string)
+}
+
+// drain claims pending exists of one kind a batch at a time, checks each
+// batch with the worker pool and writes its outcomes in one transaction,
+// until a short batch says none is left. Exists a failed check leaves
+// verifying are put back to pending at the next start, as after a crash;
+// the others of the batch are finished first.
+func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time, k kind[E], count func(*Failure)) error {
 	for {
-		batch, err := claim(ctx, endingMax, v.cfg.BatchSize)
+		batch, err := k.claim(ctx, endingMax, v.cfg.BatchSize)
 		if err != nil {
 			return err
 		}
-		if err := pool(ctx, v.cfg.PoolSize, batch, func(e E) error {
-			f, err := verify(ctx, e)
+		if len(batch) == 0 {
+			return nil
+		}
+		check, err := k.prepare(ctx, batch)
+		if err != nil {
+			return err
+		}
+		done := make([]*Finished, len(batch))
+		idx := make([]int, len(batch))
+		for i := range idx {
+			idx[i] = i
+		}
+		perr := pool(ctx, v.cfg.PoolSize, idx, func(i int) error {
+			f, err := check(ctx, batch[i])
 			if err != nil {
 				return err
 			}
-			count(f)
+			id, _ := k.id(batch[i])
+			status := StatusVerified
+			if f != nil {
+				status = StatusFailed
+			}
+			done[i] = &Finished{ID: id, Status: status, Failure: f}
 			return nil
-		}); err != nil {
-			return err
+		})
+		fs := make([]Finished, 0, len(batch))
+		for _, f := range done {
+			if f != nil {
+				fs = append(fs, *f)
+			}
+		}
+		if err := k.finish(ctx, fs); err != nil {
+			return errors.Join(perr, err)
+		}
+		for i, f := range done {
+			if f == nil {
+				continue
+			}
+			count(f.Failure)
+			if v.metrics != nil {
+				v.metrics.RecordsOut.WithLabelValues(Name, string(f.Status), k.name).Inc()
+			}
+			if f.Failure != nil {
+				_, msgID := k.id(batch[i])
+				v.logger.Debug("exists failed", "kind", k.name, "id", f.ID, "message_id", msgID, "field", f.Failure.Field, "reason", f.Failure.Reason)
+			}
+		}
+		if perr != nil {
+			return perr
 		}
 		if len(batch) < v.cfg.BatchSize {
 			return nil

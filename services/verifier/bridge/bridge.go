@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/tally-accounting/tally/pkg/bus"
@@ -159,8 +160,7 @@ type session struct {
 	ch   *amqp.Channel
 }
 
-// connect dials, declares the exchanges and queues, binds them and sets
-// the prefetch.
+// connect dials, declares the exchanges and queues and binds them.
 func (b *Bridge) connect(ctx context.Context) (*session, error) {
 	conn, err := amqp.DialConfig(b.cfg.url(), amqp.Config{
 		Heartbeat:  10 * time.Second,
@@ -193,9 +193,6 @@ func (b *Bridge) connect(ctx context.Context) (*session, error) {
 			}
 		}
 	}
-	if err := ch.Qos(b.cfg.Prefetch, 0, false); err != nil {
-		return fail(fmt.Errorf("set prefetch: %w", err))
-	}
 	if err := ctx.Err(); err != nil {
 		return fail(err)
 	}
@@ -203,41 +200,56 @@ func (b *Bridge) connect(ctx context.Context) (*session, error) {
 	return &session{conn: conn, ch: ch}, nil
 }
 
-// consume runs the workers of one connection until it is lost or ctx ends.
+// consume runs one pipeline per queue until the connection is lost or ctx
+// ends. Each queue has a channel of its own: an ack with multiple=true
+// covers every delivery tag of its channel up to it, so two queues on one
+// channel would ack each other's deliveries.
 func (b *Bridge) consume(ctx context.Context, s *session) error {
 	defer s.conn.Close()
 	closed := s.conn.NotifyClose(make(chan *amqp.Error, 1))
 	var wg sync.WaitGroup
-	var tags []string
+	type consumer struct {
+		ch  *amqp.Channel
+		tag string
+	}
+	var cs []consumer
+	cancel := func() {
+		for _, c := range cs {
+			_ = c.ch.Cancel(c.tag, false)
+		}
+	}
 	for ex, binds := range b.cfg.Topics {
 		for _, bd := range binds {
-			tag := fmt.Sprintf("%s-%s-%d", Name, bd.Queue, b.sessions.Load())
-			deliveries, err := s.ch.Consume(bd.Queue, tag, false, false, false, false, nil)
+			ch, err := s.conn.Channel()
+			if err == nil {
+				err = ch.Qos(b.cfg.Prefetch, 0, false)
+			}
 			if err != nil {
-				cancelAll(s.ch, tags)
+				cancel()
+				wg.Wait()
+				return fmt.Errorf("open channel for %s: %w", bd.Queue, err)
+			}
+			tag := fmt.Sprintf("%s-%s-%d", Name, bd.Queue, b.sessions.Load())
+			deliveries, err := ch.Consume(bd.Queue, tag, false, false, false, false, nil)
+			if err != nil {
+				cancel()
 				wg.Wait()
 				return fmt.Errorf("consume %s: %w", bd.Queue, err)
 			}
-			tags = append(tags, tag)
+			cs = append(cs, consumer{ch, tag})
 			service := bd.Service
 			if service == "" {
 				service = ex
 			}
-			for range b.cfg.Workers {
-				wg.Go(func() {
-					for d := range deliveries {
-						b.handle(ex, service, d)
-					}
-				})
-			}
+			wg.Go(func() { b.pipeline(ch, deliveries, ex, service) })
 		}
 	}
 	var err error
 	select {
 	case <-ctx.Done():
-		// Stop taking deliveries; the workers finish those already here and
-		// exit when the library closes the delivery channels.
-		cancelAll(s.ch, tags)
+		// Stop taking deliveries; the pipelines finish those already here
+		// and exit when the library closes the delivery channels.
+		cancel()
 	case e := <-closed:
 		if e != nil {
 			err = e
@@ -249,80 +261,186 @@ func (b *Bridge) consume(ctx context.Context, s *session) error {
 	return err
 }
 
-func cancelAll(ch *amqp.Channel, tags []string) {
-	for _, t := range tags {
-		_ = ch.Cancel(t, false)
-	}
+// pending is one delivery on its way to JetStream.
+type pending struct {
+	d amqp.Delivery
+	// ready is closed once the publish below was sent (or failed to be).
+	ready   chan struct{}
+	subject string
+	id      string
+	header  nats.Header
+	// malformed is why the body is dead-lettered rather than republished.
+	malformed error
+	future    jetstream.PubAckFuture
+	sent      time.Time
+	err       error
 }
 
-// handle republishes one delivery, or dead-letters it, then acks it.
-func (b *Bridge) handle(exchange, service string, d amqp.Delivery) {
-	ctx := b.workCtx
-	m, perr := oslo.Parse(d.Body)
+// ackEvery bounds the deliveries that wait for one multiple=true ack.
+const ackEvery = 256
+
+// pubAckWait bounds the wait for JetStream's answer to one asynchronous
+// publish, from when it was sent, before it is published again (with the
+// same id, so at most once stored). Counted from the send, so that after
+// an outage the unanswered publishes are retried at once, not each after
+// a wait of its own.
+const pubAckWait = 30 * time.Second
+
+// pipeline republishes one channel's deliveries: workers parse and publish
+// asynchronously, many at once, and one acker takes the deliveries in
+// their order, waits for JetStream's ack of each and acks RabbitMQ with
+// multiple=true up to the last one stored. Nothing is acked before its
+// copy is in JetStream, and no delivery is acked past one that is not.
+func (b *Bridge) pipeline(ch *amqp.Channel, deliveries <-chan amqp.Delivery, exchange, service string) {
+	inflight := make(chan *pending, b.cfg.Prefetch)
+	work := make(chan *pending, b.cfg.Prefetch)
+	var wg sync.WaitGroup
+	for range b.cfg.Workers {
+		wg.Go(func() {
+			for p := range work {
+				b.publish(exchange, service, p)
+				close(p.ready)
+			}
+		})
+	}
+	wg.Go(func() { b.ack(ch, inflight, exchange, service) })
+	for d := range deliveries {
+		p := &pending{d: d, ready: make(chan struct{})}
+		inflight <- p
+		work <- p
+	}
+	close(work)
+	close(inflight)
+	wg.Wait()
+}
+
+// publish parses a delivery and sends its copy, or its dead letter.
+func (b *Bridge) publish(exchange, service string, p *pending) {
+	m, perr := oslo.Parse(p.d.Body)
 	if perr == nil {
 		perr = checkEventType(m.EventType)
 	}
-	var publish func() error
 	if perr != nil {
-		publish = func() error { return b.deadLetter(ctx, exchange, d, perr) }
+		p.malformed = perr
+		p.subject, p.id = bus.DeadLetterSubject(Name), Name+"/"+digest(p.d.Body)
+		p.header = nats.Header{}
+		p.header.Set(bus.HeaderReason, perr.Error())
+		p.header.Set(bus.HeaderStage, Name)
+		p.header.Set(HeaderExchange, exchange)
+		p.header.Set(HeaderRoutingKey, p.d.RoutingKey)
 	} else {
-		id := oslo.Key(m, d.Body)
-		subject := bus.NotificationSubject(service, m.EventType)
-		h := nats.Header{HeaderExchange: {exchange}, HeaderRoutingKey: {d.RoutingKey}, HeaderMessageID: {m.MessageID}}
-		publish = func() error {
-			_, err := b.bus.Publish(ctx, subject, id, d.Body, h)
-			return err
+		p.subject, p.id = bus.NotificationSubject(service, m.EventType), oslo.Key(m, p.d.Body)
+		p.header = nats.Header{HeaderExchange: {exchange}, HeaderRoutingKey: {p.d.RoutingKey}, HeaderMessageID: {m.MessageID}}
+	}
+	p.sent = time.Now()
+	p.future, p.err = b.bus.PublishAsync(b.workCtx, p.subject, p.id, p.d.Body, p.header)
+}
+
+// ack acks the deliveries of inflight, in order, once JetStream stored
+// them. A publish that failed is retried synchronously, holding back the
+// acks after it; when the bridge gives up (Stop's deadline), nothing more
+// is acked and RabbitMQ redelivers the rest once the connection closes.
+func (b *Bridge) ack(ch *amqp.Channel, inflight <-chan *pending, exchange, service string) {
+	var last uint64
+	unacked := 0
+	flush := func() {
+		if unacked == 0 {
+			return
+		}
+		// If this ack is lost with the connection, the redeliveries are
+		// published again and JetStream drops them as duplicates.
+		if err := ch.Ack(last, true); err != nil {
+			b.logger.Debug("ack lost; the redeliveries will be deduplicated", "error", err)
+		}
+		unacked = 0
+	}
+	timer := time.NewTimer(pubAckWait)
+	defer timer.Stop()
+	abandoned := false
+	for p := range inflight {
+		if abandoned {
+			continue
+		}
+		select {
+		case <-p.ready:
+		default:
+			flush()
+			<-p.ready
+		}
+		if p.err == nil {
+			select {
+			case <-p.future.Ok():
+			case err := <-p.future.Err():
+				p.err = err
+			default:
+				flush()
+				timer.Reset(max(pubAckWait-time.Since(p.sent), 0))
+				select {
+				case <-p.future.Ok():
+				case err := <-p.future.Err():
+					p.err = err
+				case <-timer.C:
+					p.err = fmt.Errorf("no answer from JetStream after %s", pubAckWait)
+				}
+			}
+		}
+		if p.err != nil {
+			flush()
+			if !b.retry(p) {
+				abandoned = true
+				continue
+			}
+		}
+		b.delivered(p, exchange, service)
+		last = p.d.DeliveryTag
+		if unacked++; unacked >= ackEvery || len(inflight) == 0 {
+			flush()
 		}
 	}
+	if !abandoned {
+		flush()
+	}
+}
+
+// retry publishes p again, synchronously, until JetStream stores it or the
+// bridge gives up (false).
+func (b *Bridge) retry(p *pending) bool {
+	ctx := b.workCtx
 	delay := 100 * time.Millisecond
+	err := p.err
 	for {
-		err := publish()
-		if err == nil {
-			break
-		}
 		if ctx.Err() != nil {
-			// Shutting down with JetStream unreachable: hand it back.
-			_ = d.Nack(false, true)
-			return
+			return false
 		}
 		if b.metrics != nil {
 			b.metrics.Errors.WithLabelValues(Name, "publish").Inc()
 		}
-		b.logger.Warn("publish to the bus failed; retrying", "routing_key", d.RoutingKey, "retry_in", delay, "error", err)
+		b.logger.Warn("publish to the bus failed; retrying", "routing_key", p.d.RoutingKey, "retry_in", delay, "error", err)
 		if !sleep(ctx, delay) {
-			_ = d.Nack(false, true)
-			return
+			return false
 		}
 		delay = min(2*delay, 10*time.Second)
+		if _, err = b.bus.Publish(ctx, p.subject, p.id, p.d.Body, p.header); err == nil {
+			return true
+		}
 	}
-	if perr != nil {
+}
+
+// delivered counts a delivery JetStream stored.
+func (b *Bridge) delivered(p *pending, exchange, service string) {
+	if p.malformed != nil {
 		b.deadLettered.Add(1)
 		if b.metrics != nil {
 			b.metrics.DeadLetters.WithLabelValues(Name).Inc()
 		}
-		b.logger.Error("malformed notification dead-lettered", "exchange", exchange, "routing_key", d.RoutingKey, "reason", perr)
-	} else {
-		b.published.Add(1)
-		if b.metrics != nil {
-			b.metrics.RecordsIn.WithLabelValues(Name, service).Inc()
-			b.metrics.RecordsOut.WithLabelValues(Name, "bus", service).Inc()
-		}
+		b.logger.Error("malformed notification dead-lettered", "exchange", exchange, "routing_key", p.d.RoutingKey, "reason", p.malformed)
+		return
 	}
-	// If this ack is lost with the connection, the redelivery is published
-	// again and JetStream drops it as a duplicate.
-	if err := d.Ack(false); err != nil {
-		b.logger.Debug("ack lost; the redelivery will be deduplicated", "error", err)
+	b.published.Add(1)
+	if b.metrics != nil {
+		b.metrics.RecordsIn.WithLabelValues(Name, service).Inc()
+		b.metrics.RecordsOut.WithLabelValues(Name, "bus", service).Inc()
 	}
-}
-
-func (b *Bridge) deadLetter(ctx context.Context, exchange string, d amqp.Delivery, reason error) error {
-	h := nats.Header{}
-	h.Set(bus.HeaderReason, reason.Error())
-	h.Set(bus.HeaderStage, Name)
-	h.Set(HeaderExchange, exchange)
-	h.Set(HeaderRoutingKey, d.RoutingKey)
-	_, err := b.bus.Publish(ctx, bus.DeadLetterSubject(Name), Name+"/"+digest(d.Body), d.Body, h)
-	return err
 }
 
 // checkEventType refuses event types that cannot be a subject tail, since

@@ -25,9 +25,11 @@ type Config struct {
 	// oslo.messaging declares them non-durable unless amqp_durable_queues
 	// is set, and redeclaring with another durability is refused.
 	DurableExchanges bool `yaml:"durable_exchanges"`
-	// Prefetch bounds the unacked deliveries in flight per connection.
+	// Prefetch bounds the unacked deliveries in flight per queue: the
+	// publishes to JetStream waiting for their acks at once.
 	Prefetch int `yaml:"prefetch"`
-	// Workers republish concurrently; order does not matter to the verifier.
+	// Workers parse and publish a queue's deliveries concurrently; order
+	// does not matter to the verifier (acks to RabbitMQ stay in order).
 	Workers int `yaml:"workers"`
 	// ReconnectDelay is the first wait after a lost connection; it doubles
 	// up to ten times that.
@@ -51,7 +53,7 @@ type Binding struct {
 func DefaultConfig() Config {
 	return Config{
 		RabbitHost: "127.0.0.1", RabbitPort: 5672, RabbitUserID: "guest", RabbitPassword: "guest", RabbitVirtualHost: "/",
-		Prefetch: 512, Workers: 32, ReconnectDelay: time.Second,
+		Prefetch: 2048, Workers: 4, ReconnectDelay: time.Second,
 		Topics: map[string][]Binding{
 			"nova": {
 				{Queue: "tally.nova.notifications.info", RoutingKey: "notifications.info"},

@@ -4,11 +4,13 @@
 package oslo
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 )
@@ -41,37 +43,85 @@ func malformed(format string, args ...any) error {
 // string>"}) is unwrapped; a flat v1 body is accepted as it is. The message
 // must have an event_type.
 func Parse(body []byte) (*Message, error) {
+	inner, v2, err := unwrap(body)
+	if err != nil {
+		return nil, err
+	}
+	var m Message
+	if err := json.Unmarshal(inner, &m); err != nil {
+		return nil, innerError(v2, err)
+	}
+	return checked(&m, v2)
+}
+
+// ParseDecoded is Parse for readers of the payload: it also decodes the
+// payload, numbers as json.Number, and returns it when it is an object
+// (nil otherwise; Message.Payload is left empty). The message is read
+// once, where Parse and a decode of Payload would read the payload four
+// times (checked, skipped, scanned, decoded).
+func ParseDecoded(body []byte) (*Message, map[string]any, error) {
+	inner, v2, err := unwrap(body)
+	if err != nil {
+		return nil, nil, err
+	}
+	var m struct {
+		Message
+		Payload any `json:"payload"` // shadows Message.Payload
+	}
+	d := json.NewDecoder(bytes.NewReader(inner))
+	d.UseNumber()
+	err = d.Decode(&m)
+	if err == nil {
+		// json.Unmarshal refuses anything after the value; so does this.
+		if _, terr := d.Token(); terr != io.EOF {
+			err = errors.New("invalid character after top-level value")
+		}
+	}
+	if err != nil {
+		return nil, nil, innerError(v2, err)
+	}
+	msg, err := checked(&m.Message, v2)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, _ := m.Payload.(map[string]any)
+	return msg, p, nil
+}
+
+// unwrap returns the message inside a v2 envelope, or body itself.
+func unwrap(body []byte) (inner []byte, v2 bool, err error) {
 	var env struct {
 		Version *string `json:"oslo.version"`
 		Message *string `json:"oslo.message"`
 	}
 	if err := json.Unmarshal(body, &env); err != nil {
-		return nil, malformed("not a JSON object: %v", err)
+		return nil, false, malformed("not a JSON object: %v", err)
 	}
-	inner := body
-	v2 := false
-	switch {
-	case env.Version != nil || env.Message != nil:
-		if env.Version == nil || !strings.HasPrefix(*env.Version, "2.") {
-			return nil, malformed("oslo.version is %s, want 2.x", quoteOrMissing(env.Version))
-		}
-		if env.Message == nil {
-			return nil, malformed("oslo.version %s envelope without oslo.message", *env.Version)
-		}
-		inner, v2 = []byte(*env.Message), true
+	if env.Version == nil && env.Message == nil {
+		return body, false, nil
 	}
-	var m Message
-	if err := json.Unmarshal(inner, &m); err != nil {
-		if v2 {
-			return nil, malformed("oslo.message is not a JSON object: %v", err)
-		}
-		return nil, malformed("not a notification: %v", err)
+	if env.Version == nil || !strings.HasPrefix(*env.Version, "2.") {
+		return nil, false, malformed("oslo.version is %s, want 2.x", quoteOrMissing(env.Version))
 	}
+	if env.Message == nil {
+		return nil, false, malformed("oslo.version %s envelope without oslo.message", *env.Version)
+	}
+	return []byte(*env.Message), true, nil
+}
+
+func innerError(v2 bool, err error) error {
+	if v2 {
+		return malformed("oslo.message is not a JSON object: %v", err)
+	}
+	return malformed("not a notification: %v", err)
+}
+
+func checked(m *Message, v2 bool) (*Message, error) {
 	if m.EventType == "" {
 		return nil, malformed("no event_type")
 	}
 	m.V2 = v2
-	return &m, nil
+	return m, nil
 }
 
 func quoteOrMissing(s *string) string {

@@ -1,7 +1,12 @@
 package oslo
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -58,5 +63,47 @@ func TestParseTime(t *testing.T) {
 	}
 	if _, err := ParseTime("yesterday"); err == nil {
 		t.Error("no error for garbage")
+	}
+}
+
+// TestParseDecodedAgrees checks the one-pass ParseDecoded against Parse
+// and a separate decode of the payload, on every recorded notification
+// and on bodies Parse refuses or whose payload is not an object.
+func TestParseDecodedAgrees(t *testing.T) {
+	files, err := filepath.Glob("../../../../shared/fixtures/openstack-zed/notifications/*.json")
+	if err != nil || len(files) < 100 {
+		t.Fatalf("recorded notifications missing: %d files, %v", len(files), err)
+	}
+	bodies := []string{
+		`hello`, `[1,2]`, `{"message_id":"c"}`, `{"oslo.version":"2.0"}`, `{"oslo.version":"2.0","oslo.message":"x"}`,
+		`{"event_type":"e","payload":"an error string"}`, `{"event_type":"e","payload":null}`, `{"event_type":"e","payload":[1]}`,
+		`{"event_type":"e","payload":{"n":1.50,"s":"x"}} trailing`, `{"event_type":"e","payload":{"n":1.50,"s":"x"}}  `,
+		`{"event_type":"e","message_id":7}`, `{"Event_Type":"e","PAYLOAD":{"a":{"b":[1,"2"]}}}`,
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies = append(bodies, string(b))
+	}
+	for _, body := range bodies {
+		want, werr := Parse([]byte(body))
+		got, payload, gerr := ParseDecoded([]byte(body))
+		if (werr == nil) != (gerr == nil) {
+			t.Errorf("%.80s: Parse error %v, ParseDecoded error %v", body, werr, gerr)
+			continue
+		}
+		if werr != nil {
+			continue
+		}
+		var wantPayload map[string]any
+		d := json.NewDecoder(bytes.NewReader(want.Payload))
+		d.UseNumber()
+		_ = d.Decode(&wantPayload)
+		want.Payload = nil
+		if !reflect.DeepEqual(want, got) || !reflect.DeepEqual(wantPayload, payload) {
+			t.Errorf("%.80s: ParseDecoded %+v %v, want %+v %v", body, got, payload, want, wantPayload)
+		}
 	}
 }
