@@ -38,7 +38,10 @@ import (
 //   - the exists that prompted the question verifies when Nova agrees
 //     (StackTach left it failed and only later exists became reconciled);
 //   - Nova knows only an instance's current launch: an exists of a launch
-//     since replaced by a resize or rebuild cannot be confirmed.
+//     since replaced by a resize or rebuild cannot be confirmed;
+//   - when Nova cannot be reached (after the retries), the exists is not
+//     failed: it goes back to pending at the end of the pass and is asked
+//     about again at the next one.
 
 // SourceNovaAPI marks launches confirmed by Nova's compute API.
 const SourceNovaAPI = "reconciler:nova_api"
@@ -132,6 +135,10 @@ func withNova(f *Failure, said string) *Failure {
 	return &out
 }
 
+// errAskLater defers an exists to the next pass: the reconciler could not
+// reach Nova.
+var errAskLater = errors.New("reconciler: cannot ask Nova")
+
 // reconcile settles f, e's failure against the tracked state, with the
 // launches Nova confirmed before, else by asking Nova if the reconciler is
 // on. It returns nil when e verifies.
@@ -154,8 +161,10 @@ func (v *Verifier) reconcile(ctx context.Context, e InstanceExists, f *Failure) 
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		v.logger.Warn("reconciler: cannot ask Nova", "instance", id, "error", err)
-		return withNova(f, "cannot ask Nova: "+err.Error()), nil
+		// Nova down or unreachable says nothing about the exists: it is
+		// checked again at the next pass rather than failed for good.
+		v.logger.Warn("reconciler: cannot ask Nova; the exists stays pending for the next pass", "instance", id, "error", err)
+		return nil, fmt.Errorf("%w: %v", errAskLater, err)
 	}
 	rc, no := v.rules.agree(e, f.Field, s)
 	if no != "" {

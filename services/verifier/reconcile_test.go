@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -105,6 +106,8 @@ func TestReconciler(t *testing.T) {
 		ProjectName: "vadmin", UserDomainName: "Default", ProjectDomainName: "Default"}
 	member := admin
 	member.Username, member.ProjectName = "vera", "verify-alpha"
+	unreachable := admin
+	unreachable.AuthURL = "http://" + closedAddr(t) + "/v3"
 
 	const legacy, versioned = "compute.instance.exists", "instance.exists"
 	isExists := func(n sim.Notification, typ, id string, begin time.Time) bool {
@@ -174,6 +177,14 @@ func TestReconciler(t *testing.T) {
 		want: []outcome{
 			{eventType: legacy, instance: vSteady, begin: hour(11), status: StatusVerified, reconciled: true},
 			{eventType: versioned, instance: vSteady, begin: hour(13), status: StatusVerified, reconciled: true},
+		},
+	}, {
+		// Nothing listens there: Nova's silence says nothing about the
+		// exists, so it is left for the next pass, not failed.
+		name: "launches dropped, Nova unreachable", reconcile: true, client: unreachable, faults: sim.NotifyFaults{DropLaunch: 1},
+		want: []outcome{
+			{eventType: legacy, instance: vSteady, begin: hour(11), status: StatusPending},
+			{eventType: legacy, instance: vStopStartDelete, begin: hour(12), status: StatusPending},
 		},
 	}, {
 		name: "instance Nova never had", reconcile: true, client: admin,
@@ -323,4 +334,16 @@ func TestReconcileAgree(t *testing.T) {
 			}
 		})
 	}
+}
+
+// closedAddr is a loopback address nothing listens on.
+func closedAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
 }

@@ -488,7 +488,21 @@ type kind[E any] struct {
 // until a short batch says none is left. Exists a failed check leaves
 // verifying are put back to pending at the next start, as after a crash;
 // the others of the batch are finished first.
-func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time, k kind[E], count func(*Failure)) error {
+func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time, k kind[E], count func(*Failure)) (err error) {
+	// Deferred exists (Nova unreachable) stay verifying, so this pass
+	// does not claim them again, and go back to pending when it ends.
+	var deferredMu sync.Mutex
+	var deferred []Finished
+	defer func() {
+		if len(deferred) == 0 {
+			return
+		}
+		if ferr := k.finish(context.WithoutCancel(ctx), deferred); ferr != nil {
+			err = errors.Join(err, ferr)
+			return
+		}
+		v.logger.Info("exists deferred to the next pass", "kind", k.name, "count", len(deferred))
+	}()
 	for {
 		batch, err := k.claim(ctx, endingMax, v.cfg.BatchSize)
 		if err != nil {
@@ -508,10 +522,16 @@ func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time, k kind[
 		}
 		perr := pool(ctx, v.cfg.PoolSize, idx, func(i int) error {
 			f, err := check(ctx, batch[i])
+			id, _ := k.id(batch[i])
+			if errors.Is(err, errAskLater) {
+				deferredMu.Lock()
+				deferred = append(deferred, Finished{ID: id, Status: StatusPending})
+				deferredMu.Unlock()
+				return nil
+			}
 			if err != nil {
 				return err
 			}
-			id, _ := k.id(batch[i])
 			status := StatusVerified
 			if f != nil {
 				status = StatusFailed
