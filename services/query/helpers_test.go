@@ -2,74 +2,27 @@ package query
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+	"github.com/tally-accounting/tally/pkg/pgtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// pgBase is the PostgreSQL server the tests use; CI makes sure it runs.
-func pgBase() string {
-	if v := os.Getenv("TALLY_TEST_POSTGRES"); v != "" {
-		return v
-	}
-	return "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-}
-
-// pgSchema creates a schema of its own for one test (or benchmark) and
-// returns a store URL confined to it; the schema is dropped afterwards.
-// An unreachable server fails the test: it must not pass by skipping.
-func pgSchema(tb testing.TB) string {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, pgBase())
-	if err != nil {
-		tb.Fatalf("PostgreSQL tests need the server at %s (set TALLY_TEST_POSTGRES to use another): %v", pgBase(), err)
-	}
-	defer conn.Close(ctx)
-	var b [6]byte
-	rand.Read(b[:])
-	schema := "tally_query_test_" + hex.EncodeToString(b[:])
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		tb.Fatalf("create schema: %v", err)
-	}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, pgBase())
-		if err != nil {
-			tb.Errorf("drop schema %s: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			tb.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	join := "?"
-	if strings.Contains(pgBase(), "?") {
-		join = "&"
-	}
-	return pgBase() + join + "search_path=" + schema
-}
+// pgSchema is a PostgreSQL schema of this test's own (pkg/pgtest).
+func pgSchema(tb testing.TB) string { return pgtest.Schema(tb, "tally_query_test_") }
 
 // backend opens a fresh store of one kind, closed at cleanup.
 type backend struct {

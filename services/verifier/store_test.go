@@ -2,11 +2,8 @@ package verifier
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -14,56 +11,12 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/jackc/pgx/v5"
+
+	"github.com/tally-accounting/tally/pkg/pgtest"
 )
 
-// pgBase is the PostgreSQL server the store tests use
-// (TALLY_TEST_POSTGRES overrides it).
-func pgBase() string {
-	if v := os.Getenv("TALLY_TEST_POSTGRES"); v != "" {
-		return v
-	}
-	return "postgres://postgres@127.0.0.1:5432/test?sslmode=disable"
-}
-
-// pgSchema creates a schema of its own for one test and returns a DSN
-// confined to it; the schema is dropped afterwards. An unreachable server
-// fails the test: it must not pass by skipping.
-func pgSchema(tb testing.TB) string {
-	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, pgBase())
-	if err != nil {
-		tb.Fatalf("the PostgreSQL store tests need the server at %s (set TALLY_TEST_POSTGRES to use another; "+
-			"start the local one with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start): %v", pgBase(), err)
-	}
-	defer conn.Close(ctx)
-	var b [6]byte
-	rand.Read(b[:])
-	schema := "tally_verifier_test_" + hex.EncodeToString(b[:])
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		tb.Fatalf("create schema: %v", err)
-	}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, pgBase())
-		if err != nil {
-			tb.Errorf("drop schema %s: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			tb.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
-	join := "?"
-	if strings.Contains(pgBase(), "?") {
-		join = "&"
-	}
-	return pgBase() + join + "search_path=" + schema
-}
+// pgSchema is a PostgreSQL schema of this test's own (pkg/pgtest).
+func pgSchema(tb testing.TB) string { return pgtest.Schema(tb, "tally_verifier_test_") }
 
 // storeBackend opens stores of one kind; config returns the StoreConfig
 // of a fresh store for one test, that every open of it shares.
