@@ -2,11 +2,9 @@ package verifier
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -86,64 +84,11 @@ func (s *PostgresStore) ListAudits(ctx context.Context, f AuditListFilter) ([]St
 
 // ListFailures implements ReportStore.
 func (s *PostgresStore) ListFailures(ctx context.Context, f FailureFilter, after *FailureCursor, limit int) ([]FailedExists, error) {
-	var out []FailedExists
-	for _, svc := range []string{"nova", "glance"} {
-		if f.Service != "" && f.Service != svc {
-			continue
-		}
-		var from int64
-		if after != nil {
-			if after.Service == "glance" && svc == "nova" {
-				continue // nova's were all returned before
-			}
-			if after.Service == svc {
-				from = after.ID
-			}
-		}
-		q := `SELECT id, message_id, event_type, instance, tenant, audit_begin, audit_end, received,
-			fail_field, fail_expected, fail_actual, fail_reason FROM instance_exists`
-		if svc == "glance" {
-			q = `SELECT id, message_id, 'image.exists', uuid, owner, audit_begin, audit_end, received,
-				fail_field, fail_expected, fail_actual, fail_reason FROM image_exists`
-		}
-		args := []any{from}
-		q += ` WHERE status = 'failed' AND id > $1`
-		add := func(cond string, v any) {
-			args = append(args, v)
-			q += fmt.Sprintf(cond, len(args))
-		}
-		if !f.Begin.IsZero() {
-			add(` AND audit_begin >= $%d`, micro(f.Begin))
-		}
-		if !f.End.IsZero() {
-			add(` AND audit_begin < $%d`, micro(f.End))
-		}
-		if f.Field != "" {
-			add(` AND fail_field = $%d`, f.Field)
-		}
-		if f.Reason != "" {
-			add(` AND strpos(lower(fail_reason), $%d) > 0`, strings.ToLower(f.Reason))
-		}
-		add(` ORDER BY id LIMIT $%d`, max(limit-len(out), 0))
+	d := failureDialect{placeholder: func(n int) string { return fmt.Sprintf("$%d", n) }, contains: "strpos(lower(fail_reason), %s) > 0"}
+	return listFailures(ctx, d, f, after, limit, func(ctx context.Context, q string, args []any, scan func(scanner) (FailedExists, error)) ([]FailedExists, error) {
 		rows, err := s.pool.Query(ctx, q, args...)
-		page, err := pgCollect(rows, err, func(r scanner) (FailedExists, error) {
-			e := FailedExists{Service: svc}
-			var begin, end, received int64
-			var ff, fe, fa, fr sql.NullString
-			err := r.Scan(&e.ID, &e.MessageID, &e.EventType, &e.UUID, &e.Tenant, &begin, &end, &received, &ff, &fe, &fa, &fr)
-			e.AuditBegin, e.AuditEnd, e.Received = fromMicro(begin), fromMicro(end), fromMicro(received)
-			e.Failure = Failure{Field: ff.String, Expected: fe.String, Actual: fa.String, Reason: fr.String}
-			return e, err
-		})
-		if err != nil {
-			return nil, fmt.Errorf("list %s failures: %w", svc, err)
-		}
-		out = append(out, page...)
-		if len(out) >= limit {
-			break
-		}
-	}
-	return out, nil
+		return pgCollect(rows, err, scan)
+	})
 }
 
 var _ ReportStore = (*PostgresStore)(nil)

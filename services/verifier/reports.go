@@ -2,8 +2,10 @@ package verifier
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -86,4 +88,77 @@ func OpenReports(ctx context.Context, s Store) (ReportStore, error) {
 		return NewSQLiteReports(ctx, st)
 	}
 	return nil, fmt.Errorf("verifier: the %T store keeps no reports", s)
+}
+
+// failureDialect is what the stores' SQL differs in for ListFailures.
+type failureDialect struct {
+	// placeholder is the n-th (from 1) query parameter.
+	placeholder func(n int) string
+	// contains is a condition: the text in %s (a placeholder) occurs in
+	// the lower-cased reason.
+	contains string
+}
+
+// listFailures is ListFailures over either store: the failed instance
+// exists, then the image ones, after the cursor, filtered; query runs one
+// service's statement.
+func listFailures(ctx context.Context, d failureDialect, f FailureFilter, after *FailureCursor, limit int,
+	query func(ctx context.Context, q string, args []any, scan func(scanner) (FailedExists, error)) ([]FailedExists, error)) ([]FailedExists, error) {
+	var out []FailedExists
+	for _, svc := range []string{"nova", "glance"} {
+		if f.Service != "" && f.Service != svc {
+			continue
+		}
+		var from int64
+		if after != nil {
+			if after.Service == "glance" && svc == "nova" {
+				continue // nova's were all returned before
+			}
+			if after.Service == svc {
+				from = after.ID
+			}
+		}
+		q := `SELECT id, message_id, event_type, instance, tenant, audit_begin, audit_end, received,
+			fail_field, fail_expected, fail_actual, fail_reason FROM instance_exists`
+		if svc == "glance" {
+			q = `SELECT id, message_id, 'image.exists', uuid, owner, audit_begin, audit_end, received,
+				fail_field, fail_expected, fail_actual, fail_reason FROM image_exists`
+		}
+		var args []any
+		add := func(cond string, v any) {
+			args = append(args, v)
+			q += strings.Replace(cond, "%s", d.placeholder(len(args)), 1)
+		}
+		add(` WHERE status = 'failed' AND id > %s`, from)
+		if !f.Begin.IsZero() {
+			add(` AND audit_begin >= %s`, micro(f.Begin))
+		}
+		if !f.End.IsZero() {
+			add(` AND audit_begin < %s`, micro(f.End))
+		}
+		if f.Field != "" {
+			add(` AND fail_field = %s`, f.Field)
+		}
+		if f.Reason != "" {
+			add(` AND `+d.contains, strings.ToLower(f.Reason))
+		}
+		add(` ORDER BY id LIMIT %s`, max(limit-len(out), 0))
+		page, err := query(ctx, q, args, func(r scanner) (FailedExists, error) {
+			e := FailedExists{Service: svc}
+			var begin, end, received int64
+			var ff, fe, fa, fr sql.NullString
+			err := r.Scan(&e.ID, &e.MessageID, &e.EventType, &e.UUID, &e.Tenant, &begin, &end, &received, &ff, &fe, &fa, &fr)
+			e.AuditBegin, e.AuditEnd, e.Received = fromMicro(begin), fromMicro(end), fromMicro(received)
+			e.Failure = Failure{Field: ff.String, Expected: fe.String, Actual: fa.String, Reason: fr.String}
+			return e, err
+		})
+		if err != nil {
+			return nil, fmt.Errorf("list %s failures: %w", svc, err)
+		}
+		out = append(out, page...)
+		if len(out) >= limit {
+			break
+		}
+	}
+	return out, nil
 }

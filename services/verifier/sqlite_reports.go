@@ -157,62 +157,14 @@ func (r *SQLiteReports) ListAudits(ctx context.Context, f AuditListFilter) ([]St
 
 // ListFailures implements ReportStore.
 func (r *SQLiteReports) ListFailures(ctx context.Context, f FailureFilter, after *FailureCursor, limit int) ([]FailedExists, error) {
-	var out []FailedExists
-	for _, svc := range []string{"nova", "glance"} {
-		if f.Service != "" && f.Service != svc {
-			continue
-		}
-		var from int64
-		if after != nil {
-			if after.Service == "glance" && svc == "nova" {
-				continue // nova's were all returned before
-			}
-			if after.Service == svc {
-				from = after.ID
-			}
-		}
-		q := `SELECT id, message_id, event_type, instance, tenant, audit_begin, audit_end, received,
-			fail_field, fail_expected, fail_actual, fail_reason FROM instance_exists`
-		if svc == "glance" {
-			q = `SELECT id, message_id, 'image.exists', uuid, owner, audit_begin, audit_end, received,
-				fail_field, fail_expected, fail_actual, fail_reason FROM image_exists`
-		}
-		q += ` WHERE status = 'failed' AND id > ?`
-		args := []any{from}
-		if !f.Begin.IsZero() {
-			q, args = q+` AND audit_begin >= ?`, append(args, micro(f.Begin))
-		}
-		if !f.End.IsZero() {
-			q, args = q+` AND audit_begin < ?`, append(args, micro(f.End))
-		}
-		if f.Field != "" {
-			q, args = q+` AND fail_field = ?`, append(args, f.Field)
-		}
-		if f.Reason != "" {
-			q, args = q+` AND instr(lower(fail_reason), ?) > 0`, append(args, strings.ToLower(f.Reason))
-		}
-		rows, err := r.s.db.QueryContext(ctx, q+` ORDER BY id LIMIT ?`, append(args, limit-len(out))...)
+	d := failureDialect{placeholder: func(int) string { return "?" }, contains: "instr(lower(fail_reason), %s) > 0"}
+	return listFailures(ctx, d, f, after, limit, func(ctx context.Context, q string, args []any, scan func(scanner) (FailedExists, error)) ([]FailedExists, error) {
+		rows, err := r.s.db.QueryContext(ctx, q, args...)
 		if err != nil {
-			return nil, fmt.Errorf("list %s failures: %w", svc, err)
+			return nil, err
 		}
-		page, err := collectRows(rows, func(r scanner) (FailedExists, error) {
-			e := FailedExists{Service: svc}
-			var begin, end, received int64
-			var ff, fe, fa, fr sql.NullString
-			err := r.Scan(&e.ID, &e.MessageID, &e.EventType, &e.UUID, &e.Tenant, &begin, &end, &received, &ff, &fe, &fa, &fr)
-			e.AuditBegin, e.AuditEnd, e.Received = fromMicro(begin), fromMicro(end), fromMicro(received)
-			e.Failure = Failure{Field: ff.String, Expected: fe.String, Actual: fa.String, Reason: fr.String}
-			return e, err
-		})
-		if err != nil {
-			return nil, fmt.Errorf("list %s failures: %w", svc, err)
-		}
-		out = append(out, page...)
-		if len(out) >= limit {
-			break
-		}
-	}
-	return out, nil
+		return collectRows(rows, scan)
+	})
 }
 
 var _ ReportStore = (*SQLiteReports)(nil)
