@@ -20,6 +20,20 @@ type Ledger struct {
 	seen  map[string]struct{}
 	order []string
 	keep  int
+
+	// Group commit: ids recorded while an fsync is under way wait in
+	// next and share the following write and fsync, so batches finishing
+	// together cost one fsync, not one each.
+	flushed  *sync.Cond
+	flushing bool
+	next     *group
+}
+
+// group is ids written and synced together.
+type group struct {
+	ids  []string
+	done bool
+	err  error
 }
 
 // DefaultKeep is how many batch ids a ledger keeps.
@@ -34,6 +48,7 @@ func OpenLedger(path string, keep int) (*Ledger, error) {
 		return nil, fmt.Errorf("ledger: %w", err)
 	}
 	l := &Ledger{seen: map[string]struct{}{}, keep: keep}
+	l.flushed = sync.NewCond(&l.mu)
 	if err := l.load(path); err != nil {
 		return nil, err
 	}
@@ -113,7 +128,8 @@ func (l *Ledger) Seen(id string) bool {
 	return ok
 }
 
-// Record durably notes that batch id was delivered.
+// Record durably notes that batch id was delivered. It returns once the
+// id is synced to disk.
 func (l *Ledger) Record(id string) error {
 	if id == "" || strings.ContainsAny(id, "\r\n") {
 		return fmt.Errorf("ledger: invalid batch id %q", id)
@@ -123,14 +139,43 @@ func (l *Ledger) Record(id string) error {
 	if _, ok := l.seen[id]; ok {
 		return nil
 	}
-	if _, err := l.f.WriteString(id + "\n"); err != nil {
-		return fmt.Errorf("ledger: %w", err)
+	if l.next == nil {
+		l.next = &group{}
 	}
-	if err := l.f.Sync(); err != nil {
-		return fmt.Errorf("ledger: %w", err)
+	g := l.next
+	g.ids = append(g.ids, id)
+	for l.flushing && !g.done {
+		l.flushed.Wait()
 	}
-	l.seen[id] = struct{}{}
-	l.order = append(l.order, id)
+	if g.done {
+		return g.err
+	}
+	// Nobody is writing and g is not written: write it, and whoever
+	// joined it meanwhile is written too.
+	l.next, l.flushing = nil, true
+	var b []byte
+	for _, id := range g.ids {
+		b = append(append(b, id...), '\n')
+	}
+	l.mu.Unlock()
+	_, err := l.f.Write(b)
+	if err == nil {
+		err = l.f.Sync()
+	}
+	l.mu.Lock()
+	l.flushing = false
+	if err != nil {
+		err = fmt.Errorf("ledger: %w", err)
+	} else {
+		for _, id := range g.ids {
+			if _, ok := l.seen[id]; !ok {
+				l.seen[id] = struct{}{}
+				l.order = append(l.order, id)
+			}
+		}
+	}
+	g.done, g.err = true, err
+	l.flushed.Broadcast()
 	if len(l.order) > 2*l.keep {
 		// Bound memory in a long-running process; the file is compacted at
 		// the next open.
@@ -139,12 +184,15 @@ func (l *Ledger) Record(id string) error {
 		}
 		l.order = append([]string(nil), l.order[len(l.order)-l.keep:]...)
 	}
-	return nil
+	return err
 }
 
 // Close closes the file.
 func (l *Ledger) Close() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	for l.flushing {
+		l.flushed.Wait()
+	}
 	return l.f.Close()
 }

@@ -3,9 +3,12 @@ package messenger
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -154,5 +157,69 @@ func TestLedgerCompactsToKeep(t *testing.T) {
 		if got := l.Seen(id); got != want {
 			t.Errorf("Seen(%q) = %v after compaction, want %v", id, got, want)
 		}
+	}
+}
+
+// TestLedgerConcurrentRecords has many batches finish at once: each
+// Record returns only with its id durable (seen, and in the file a
+// reopened ledger reads), however the writes were grouped.
+func TestLedgerConcurrentRecords(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ledger")
+	l, err := OpenLedger(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Go(func() {
+			for i := range 50 {
+				id := fmt.Sprintf("b-%d-%d", w, i)
+				if err := l.Record(id); err != nil {
+					t.Error(err)
+					return
+				}
+				if !l.Seen(id) {
+					t.Errorf("%s not seen after Record returned", id)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(data), "\n"); n != 400 {
+		t.Errorf("%d lines in the ledger, want 400", n)
+	}
+	l, err = OpenLedger(path, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for w := range 8 {
+		for i := range 50 {
+			if id := fmt.Sprintf("b-%d-%d", w, i); !l.Seen(id) {
+				t.Errorf("%s lost across a reopen", id)
+			}
+		}
+	}
+	if err := l.Record("b-0-0"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLedgerRecordAfterClose fails rather than losing the id silently.
+func TestLedgerRecordAfterClose(t *testing.T) {
+	l, err := OpenLedger(filepath.Join(t.TempDir(), "ledger"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	if err := l.Record("x"); err == nil || l.Seen("x") {
+		t.Errorf("Record after Close: %v, seen %v", err, l.Seen("x"))
 	}
 }

@@ -17,6 +17,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -67,7 +70,6 @@ type Service struct {
 type messengerClient struct {
 	name string
 	conn *grpc.ClientConn
-	api  tallyv1.MessengerClient
 }
 
 // New returns the enricher service.
@@ -109,7 +111,7 @@ func (s *Service) Start(ctx context.Context) error {
 			s.closeClients()
 			return fmt.Errorf("messenger %s: %w", t.Name, err)
 		}
-		s.clients = append(s.clients, messengerClient{name: t.Name, conn: conn, api: tallyv1.NewMessengerClient(conn)})
+		s.clients = append(s.clients, messengerClient{name: t.Name, conn: conn})
 		s.logger.Info("pushing to messenger", "messenger", t.Name, "addr", addr)
 	}
 	s.consumer = s.bus.NewConsumer(bus.ConsumerConfig{
@@ -155,11 +157,12 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 	valid := make([]*tallyv1.Record, 0, len(batch.GetRecords()))
 	var firstReason error
 	var held []string // projects of the dead-lettered records
+	look := s.mapper.batch()
 	for i, r := range batch.GetRecords() {
 		s.deps.Metrics.RecordsIn.WithLabelValues(Name, record.TypeName(record.TypeOf(r))).Inc()
 		err := Validate(r)
 		if err == nil {
-			err = s.mapper.enrich(ctx, r)
+			err = look.enrich(ctx, r)
 		}
 		if err == nil {
 			// What APEL would reject is caught here, with the field named,
@@ -189,16 +192,20 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 	if n := len(batch.GetRecords()) - len(valid); n > 0 {
 		s.logger.Warn("records dead-lettered", "batch_id", batch.GetBatchId(), "count", n, "first_reason", firstReason)
 	}
+	// Marshalled once: the same bytes are the push to every messenger and
+	// the enriched batch.
+	data, err := proto.Marshal(&tallyv1.RecordBatch{BatchId: batch.GetBatchId(), Records: valid})
+	if err != nil {
+		return fmt.Errorf("marshal enriched batch %s: %w", batch.GetBatchId(), err)
+	}
 	if len(valid) > 0 {
-		req := &tallyv1.PushRequest{BatchId: batch.GetBatchId(), Records: valid}
-		if err := s.pushAll(ctx, req); err != nil {
+		if err := s.pushAll(ctx, batch.GetBatchId(), encodedPush(data)); err != nil {
 			return err
 		}
 	}
 	// Published even when empty: the extractor waits for it to know the
 	// batch is settled.
-	out := &tallyv1.RecordBatch{BatchId: batch.GetBatchId(), Records: valid}
-	return s.publishEnriched(ctx, bus.EnrichedFromRaw(m.Subject), out, firstReason, held)
+	return s.publishEnriched(ctx, bus.EnrichedFromRaw(m.Subject), batch.GetBatchId(), data, firstReason, held)
 }
 
 // publishEnriched publishes the enriched twin of a batch. When some records
@@ -208,13 +215,9 @@ func (s *Service) handle(ctx context.Context, m *bus.Message) error {
 // it after this message and the project's window would move past held
 // records. Its message id differs from the raw batch's, which shares the
 // stream and its duplicate window.
-func (s *Service) publishEnriched(ctx context.Context, subject string, out *tallyv1.RecordBatch, reason error, held []string) error {
-	data, err := proto.Marshal(out)
-	if err != nil {
-		return fmt.Errorf("marshal enriched batch %s: %w", out.GetBatchId(), err)
-	}
+func (s *Service) publishEnriched(ctx context.Context, subject, batchID string, data []byte, reason error, held []string) error {
 	h := nats.Header{}
-	h.Set(bus.HeaderBatchID, out.GetBatchId())
+	h.Set(bus.HeaderBatchID, batchID)
 	if reason != nil {
 		// Records of several projects share a batch: name the projects
 		// held, so only their windows stay put.
@@ -222,8 +225,8 @@ func (s *Service) publishEnriched(ctx context.Context, subject string, out *tall
 		slices.Sort(held)
 		h.Set(bus.HeaderHeldProjects, strings.Join(held, ","))
 	}
-	if _, err := s.bus.Publish(ctx, subject, "enriched/"+out.GetBatchId(), data, h); err != nil {
-		return fmt.Errorf("publish enriched batch %s: %w", out.GetBatchId(), err)
+	if _, err := s.bus.Publish(ctx, subject, "enriched/"+batchID, data, h); err != nil {
+		return fmt.Errorf("publish enriched batch %s: %w", batchID, err)
 	}
 	return nil
 }
@@ -231,22 +234,23 @@ func (s *Service) publishEnriched(ctx context.Context, subject string, out *tall
 // pushAll pushes req to every messenger at once; the batch is done only when
 // all of them accepted it. A messenger that already has it answers
 // "duplicate", so retrying after a partial failure is safe.
-func (s *Service) pushAll(ctx context.Context, req *tallyv1.PushRequest) error {
+func (s *Service) pushAll(ctx context.Context, batchID string, req encodedPush) error {
 	errs := make([]error, len(s.clients))
 	var wg sync.WaitGroup
 	for i, c := range s.clients {
 		wg.Go(func() {
-			resp, err := c.api.Push(ctx, req)
+			resp := new(tallyv1.PushResponse)
+			err := c.conn.Invoke(ctx, tallyv1.Messenger_Push_FullMethodName, req, resp, grpc.ForceCodecV2(pushCodec{}))
 			if err != nil {
 				s.deps.Metrics.Errors.WithLabelValues(Name, "push_"+c.name).Inc()
 				if status.Code(err) == codes.InvalidArgument {
 					err = bus.Permanent(err)
 				}
-				errs[i] = fmt.Errorf("push batch %s to %s: %w", req.GetBatchId(), c.name, err)
+				errs[i] = fmt.Errorf("push batch %s to %s: %w", batchID, c.name, err)
 				return
 			}
 			if !resp.GetDuplicate() {
-				s.logger.Debug("batch delivered", "batch_id", req.GetBatchId(), "messenger", c.name,
+				s.logger.Debug("batch delivered", "batch_id", batchID, "messenger", c.name,
 					"accepted", resp.GetAccepted(), "filtered", resp.GetFiltered())
 			}
 		})
@@ -254,6 +258,29 @@ func (s *Service) pushAll(ctx context.Context, req *tallyv1.PushRequest) error {
 	wg.Wait()
 	return errors.Join(errs...)
 }
+
+// encodedPush is a tallyv1.PushRequest already in wire form. PushRequest
+// and RecordBatch have the same fields (TestPushRequestIsARecordBatch), so
+// an enriched batch's bytes are its push.
+type encodedPush []byte
+
+// pushCodec sends an encodedPush as it is and anything else as the proto
+// codec would.
+type pushCodec struct{}
+
+var protoCodec = encoding.GetCodecV2(grpcproto.Name)
+
+func (pushCodec) Marshal(v any) (mem.BufferSlice, error) {
+	if b, ok := v.(encodedPush); ok {
+		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
+	}
+	return protoCodec.Marshal(v)
+}
+
+func (pushCodec) Unmarshal(data mem.BufferSlice, v any) error { return protoCodec.Unmarshal(data, v) }
+
+// Name is the proto codec's, so the content type stays application/grpc+proto.
+func (pushCodec) Name() string { return grpcproto.Name }
 
 // deadLetterRecord sets one invalid record aside with the reason, so the
 // rest of its batch can go on and nothing vanishes silently.

@@ -3,6 +3,7 @@ package enricher
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -54,6 +55,60 @@ type mapper struct {
 
 	mu       sync.Mutex
 	unmapped map[string]bool // projects already warned about
+}
+
+// lookups memoizes, for one batch, what the directory said. A batch holds
+// hundreds of records of a handful of projects and users, and a lookup
+// that misses the directory's cache (a user Keystone does not name, a
+// project without the VO property, which is re-read on purpose) is a
+// JetStream round trip: per record, they dominated the enricher's time.
+// It lives no longer than the batch, so a VO set meanwhile is seen by the
+// next one, as before.
+type lookups struct {
+	m     *mapper
+	vos   map[string]voResult
+	users map[string]*string
+}
+
+type voResult struct {
+	vo  string
+	err error
+}
+
+// batch returns the lookups for one batch.
+func (m *mapper) batch() *lookups {
+	return &lookups{m: m, vos: map[string]voResult{}, users: map[string]*string{}}
+}
+
+func (l *lookups) vo(ctx context.Context, projectID string) (string, error) {
+	if r, ok := l.vos[projectID]; ok {
+		return r.vo, r.err
+	}
+	vo, err := l.m.vo(ctx, projectID)
+	if err != nil && !isPermanent(err) {
+		return "", err // the directory is unreachable: the batch is retried
+	}
+	l.vos[projectID] = voResult{vo, err}
+	return vo, err
+}
+
+func (l *lookups) userName(ctx context.Context, userID string) *string {
+	name, ok := l.users[userID]
+	if !ok {
+		name = l.m.userName(ctx, userID)
+		l.users[userID] = name
+	}
+	if name == nil {
+		return nil
+	}
+	// Each record gets its own copy: they are independent messages.
+	n := *name
+	return &n
+}
+
+func isPermanent(err error) bool {
+	var perm *bus.PermanentError
+	return errors.As(err, &perm)
 }
 
 func (m *mapper) vo(ctx context.Context, projectID string) (string, error) {
@@ -116,6 +171,12 @@ func (m *mapper) userName(ctx context.Context, userID string) *string {
 
 // enrich completes r in place.
 func (m *mapper) enrich(ctx context.Context, r *tallyv1.Record) error {
+	return m.batch().enrich(ctx, r)
+}
+
+// enrich completes r in place, looking up what the batch did not yet.
+func (l *lookups) enrich(ctx context.Context, r *tallyv1.Record) error {
+	m := l.m
 	prov := r.GetProvenance()
 	if prov == nil {
 		prov = &tallyv1.Provenance{}
@@ -123,7 +184,7 @@ func (m *mapper) enrich(ctx context.Context, r *tallyv1.Record) error {
 	}
 	site, service := m.cfg.SiteName, m.cfg.ServiceName
 	prov.Site, prov.Service = site, service
-	vo, err := m.vo(ctx, prov.GetProjectId())
+	vo, err := l.vo(ctx, prov.GetProjectId())
 	if err != nil {
 		return err
 	}
@@ -133,27 +194,27 @@ func (m *mapper) enrich(ctx context.Context, r *tallyv1.Record) error {
 		c.SiteName, c.CloudComputeService, c.Fqan = site, service, vo
 		c.CloudType = orDefault(c.CloudType, m.cfg.CloudType)
 		if c.GlobalUserName == nil {
-			c.GlobalUserName = m.userName(ctx, c.GetLocalUserId())
+			c.GlobalUserName = l.userName(ctx, c.GetLocalUserId())
 		}
 	case *tallyv1.Record_Accelerator:
 		a := p.Accelerator
 		a.SiteName, a.CloudComputeService, a.Fqan = site, service, vo
 		a.CloudType = orDefault(a.CloudType, m.cfg.CloudType)
 		if a.GlobalUserName == nil {
-			a.GlobalUserName = m.userName(ctx, prov.GetOwnerUserId())
+			a.GlobalUserName = l.userName(ctx, prov.GetOwnerUserId())
 		}
 	case *tallyv1.Record_Ip:
 		ip := p.Ip
 		ip.SiteName, ip.CloudComputeService, ip.Fqan = site, &service, vo
 		ip.CloudType = orDefault(ip.CloudType, m.cfg.CloudType)
 		if ip.GlobalUserName == nil && ip.LocalUser != nil {
-			ip.GlobalUserName = m.userName(ctx, ip.GetLocalUser())
+			ip.GlobalUserName = l.userName(ctx, ip.GetLocalUser())
 		}
 	case *tallyv1.Record_Storage:
 		s := p.Storage
 		s.Site, s.StorageSystem, s.Group = &site, service, &vo
 		if s.UserIdentity == nil && s.LocalUser != nil {
-			s.UserIdentity = m.userName(ctx, s.GetLocalUser())
+			s.UserIdentity = l.userName(ctx, s.GetLocalUser())
 		}
 	case *tallyv1.Record_Energy:
 		e := p.Energy

@@ -105,3 +105,46 @@ func TestEnrich(t *testing.T) {
 		})
 	}
 }
+
+// TestLookupsLastOneBatch: a batch looks each project up once, and the
+// next batch sees a VO set in between.
+func TestLookupsLastOneBatch(t *testing.T) {
+	b, _ := bustest.Start(t, nil)
+	writer, err := directory.Open(t.Context(), b.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := directory.Open(t.Context(), b.JS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := directory.Project{ID: "p1", Name: "late"}
+	if err := writer.PutProject(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	m := &mapper{cfg: Config{SiteName: "SITE", VOProperty: "VO"}, dir: dir,
+		logger: slog.New(slog.NewTextHandler(io.Discard, nil)), unmapped: map[string]bool{}}
+	rec := func() *tallyv1.Record {
+		return &tallyv1.Record{Key: "k", Provenance: &tallyv1.Provenance{ProjectId: "p1"},
+			Payload: &tallyv1.Record_Cloud{Cloud: &tallyv1.CloudRecord{VmUuid: "vm", LocalUserId: "nobody"}}}
+	}
+	first := m.batch()
+	var perm *bus.PermanentError
+	if err := first.enrich(t.Context(), rec()); !errors.As(err, &perm) {
+		t.Fatalf("no VO: %v, want a permanent error", err)
+	}
+	p.Properties = map[string]string{"VO": "atlas"}
+	if err := writer.PutProject(t.Context(), p); err != nil {
+		t.Fatal(err)
+	}
+	if err := first.enrich(t.Context(), rec()); !errors.As(err, &perm) {
+		t.Errorf("same batch after the VO was set: %v, want the batch's answer", err)
+	}
+	r := rec()
+	if err := m.batch().enrich(t.Context(), r); err != nil || r.GetCloud().GetFqan() != "atlas" {
+		t.Errorf("next batch: %v, FQAN %q, want atlas", err, r.GetCloud().GetFqan())
+	}
+	if r.GetCloud().GlobalUserName != nil {
+		t.Errorf("unknown user named %q", r.GetCloud().GetGlobalUserName())
+	}
+}

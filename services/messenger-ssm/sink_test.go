@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -396,9 +397,9 @@ func TestEveryTypeEndToEnd(t *testing.T) {
 	// Nothing but elements in the spool's hex directories, and nothing
 	// left in the journal.
 	left, _ := filepath.Glob(filepath.Join(cfg.Spool, "*", "*.*"))
-	pending, _ := os.ReadDir(filepath.Join(cfg.Spool, ".tally-ssm", "pending"))
-	if len(left) > 0 || len(pending) > 0 {
-		t.Errorf("left behind: %v, pending %d", left, len(pending))
+	staged, _ := filepath.Glob(filepath.Join(cfg.Spool, ".tally-ssm", "staged", "*", "*"))
+	if len(left) > 0 || len(staged) > 0 {
+		t.Errorf("left behind: %v, staged %v", left, staged)
 	}
 	ids, _ := spool(t, cfg.Spool)
 	fi, err := os.Stat(filepath.Join(cfg.Spool, ids[0]))
@@ -518,15 +519,15 @@ func TestCrashBetweenLinkAndUnlink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := "x"
-	dir := filepath.Join(h.sink.pending, sum)
-	p, err := h.sink.stage(dir, "b", msgs)
+	// Under a hash Write would not use, so only the recovery in NewSink
+	// can finish it.
+	p, err := h.sink.stage(strings.Repeat("0", 32), "b", msgs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Messages 0 and 1 linked, staged copies kept; 1 then sent by ssmsend.
 	for i := range 2 {
-		if err := h.sink.queue.Link(staged(dir, i), p.ids[i]); err != nil {
+		if err := h.sink.queue.Link(p.staged(i), p.ids[i]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -535,8 +536,6 @@ func TestCrashBetweenLinkAndUnlink(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(cfg.Spool, p.ids[3]), []byte("APEL-cloud-message: v0.4\nVMUUID: other\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// Restart: the plan sits under another hash than Write would use, so
-	// only the recovery in NewSink can finish it.
 	h.close()
 	h = start(t, cfg)
 	got, _ := readBack(t, cfg.Spool)
@@ -571,6 +570,184 @@ func TestUncommittedStagingIsDiscarded(t *testing.T) {
 	if ids, _ := spool(t, cfg.Spool); len(ids) != 0 {
 		t.Errorf("spool: %v", ids)
 	}
+}
+
+func TestUncommittedStagedFilesAreDiscarded(t *testing.T) {
+	cfg := testConfig(t)
+	h := start(t, cfg)
+	records := mixed("u", 8)
+	msgs, err := h.sink.render(records)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Staged, then killed before the journal line was whole: a torn line.
+	hash := strings.Repeat("a", 32)
+	staged := stagedPrefix(h.sink.staged, hash) + "0.msg"
+	if err := os.WriteFile(staged, msgs[0], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := &plan{batch: "u", hash: hash, ids: []string{h.sink.queue.NewID()}, sentinel: time.Now()}
+	line := p.appendLine(nil)
+	if _, err := h.sink.journal.Write(line[:len(line)-5]); err != nil {
+		t.Fatal(err)
+	}
+	h.close()
+	h = start(t, cfg)
+	if _, err := os.Stat(staged); !os.IsNotExist(err) {
+		t.Errorf("abandoned staged file still there: %v", err)
+	}
+	if ids, _ := spool(t, cfg.Spool); len(ids) != 0 {
+		t.Errorf("spool: %v", ids)
+	}
+	// The torn line is gone: the next batch's line is read back whole.
+	h.push(t, "next", records)
+	exactlyOnce(t, cfg.Spool, records)
+	if fi, err := os.Stat(filepath.Join(cfg.Spool, ".tally-ssm", "journal")); err != nil || fi.Size() == 0 {
+		t.Fatalf("journal: %v %v", fi, err)
+	}
+	plans, _, err := readJournal(filepath.Join(cfg.Spool, ".tally-ssm", "journal"), h.sink.staged)
+	if err != nil || len(plans) != 1 || plans[0].batch != "next" {
+		t.Errorf("journal holds %v, %v; want the plan of next", plans, err)
+	}
+}
+
+// TestJournalCompactedWithUnsettledPlans commits plans, crashes before
+// settling them, and has the journal rewritten in between: the rewrite
+// keeps them, so a restart spools every record once.
+func TestJournalCompactedWithUnsettledPlans(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxSize = 3
+	h := start(t, cfg)
+	h.sink.compactAt = 1 // every commit rewrites the journal
+	var all []*tallyv1.Record
+	for b := range 3 {
+		records := mixed(fmt.Sprintf("j%d", b), 10)
+		all = append(all, records...)
+		if b == 2 {
+			h.push(t, "b2", records) // settled: not kept by the next rewrite
+			continue
+		}
+		h.sink.hook = func(n int) error {
+			if n == 2 {
+				return errCrash
+			}
+			return nil
+		}
+		if _, err := h.srv.Push(context.Background(), &tallyv1.PushRequest{BatchId: fmt.Sprintf("b%d", b), Records: records}); err == nil {
+			t.Fatal("push survived the crash")
+		}
+		h.sink.hook = nil
+	}
+	more := mixed("j3", 10)
+	all = append(all, more...)
+	h.push(t, "b3", more)
+	plans, _, err := readJournal(filepath.Join(cfg.Spool, ".tally-ssm", "journal"), h.sink.staged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var batches []string
+	for _, p := range plans {
+		batches = append(batches, p.batch)
+	}
+	slices.Sort(batches)
+	if diff := cmp.Diff([]string{"b0", "b1", "b3"}, batches); diff != "" {
+		t.Errorf("journal after rewrites (-want +got):\n%s", diff)
+	}
+	h.close()
+	h = start(t, cfg)
+	exactlyOnce(t, cfg.Spool, all)
+	for _, b := range []string{"b0", "b1"} {
+		if !h.sink.done.Seen(b) {
+			t.Errorf("batch %s not recovered", b)
+		}
+	}
+}
+
+// TestConcurrentBatchesCrashThenRestart commits many plans at once (they
+// share journal writes) and crashes every batch after its first element:
+// a restart finishes all of them, each record spooled once.
+func TestConcurrentBatchesCrashThenRestart(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxSize = 4
+	h := start(t, cfg)
+	h.sink.compactAt = 2 << 10
+	h.sink.hook = func(n int) error {
+		if n == 1 {
+			return errCrash
+		}
+		return nil
+	}
+	var (
+		wg  sync.WaitGroup
+		mu  sync.Mutex
+		all []*tallyv1.Record
+	)
+	for b := range 16 {
+		records := mixed(fmt.Sprintf("c%02d", b), 20)
+		mu.Lock()
+		all = append(all, records...)
+		mu.Unlock()
+		wg.Go(func() {
+			if _, err := h.srv.Push(context.Background(), &tallyv1.PushRequest{BatchId: fmt.Sprintf("b%02d", b), Records: records}); err == nil {
+				t.Error("push survived the crash")
+			}
+		})
+	}
+	wg.Wait()
+	if ids, _ := spool(t, cfg.Spool); len(ids) != 16 {
+		t.Fatalf("%d elements before the restart, want one per batch", len(ids))
+	}
+	h.close()
+	h = start(t, cfg)
+	exactlyOnce(t, cfg.Spool, all)
+	if left, _ := filepath.Glob(filepath.Join(h.sink.staged, "*", "*")); len(left) > 0 {
+		t.Errorf("staged files left: %v", left)
+	}
+}
+
+// TestOlderStateDirIsFinished: a state directory written by a tally that
+// kept one plan file per batch is settled at start.
+func TestOlderStateDirIsFinished(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.MaxSize = 4
+	h := start(t, cfg)
+	records := mixed("o", 16)
+	msgs, err := h.sink.render(records)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(h.sink.pending, "0123456789abcdef0123456789abcdef")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	p := plan{batch: "old", sentinel: time.Now().Truncate(time.Second).Add(-time.Second)}
+	for i, m := range msgs {
+		path := filepath.Join(dir, strconv.Itoa(i)+".msg")
+		if err := os.WriteFile(path, m, 0o660); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(path, p.sentinel, p.sentinel); err != nil {
+			t.Fatal(err)
+		}
+		p.ids = append(p.ids, h.sink.queue.NewID())
+	}
+	if err := writePlan(dir, p); err != nil {
+		t.Fatal(err)
+	}
+	// The older tally had linked the first message before it was killed.
+	if err := h.sink.queue.Link(filepath.Join(dir, "0.msg"), p.ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	h.close()
+	h = start(t, cfg)
+	exactlyOnce(t, cfg.Spool, records)
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("older staging still there: %v", err)
+	}
+	if resp := h.push(t, "old", records); resp.Accepted != 16 {
+		t.Errorf("re-push: %v", resp)
+	}
+	exactlyOnce(t, cfg.Spool, records)
 }
 
 func TestConcurrentBatches(t *testing.T) {
