@@ -45,12 +45,15 @@ type Tracker struct {
 	done    map[string]Outcome
 	reasons map[string]string
 	held    map[string][]string // batch id → projects with dead-lettered records
+	// admitted are the batches Admit let through that had no outcome
+	// when last looked at.
+	admitted map[string]struct{}
 }
 
 // NewTracker listens for the outcomes of batches published for region.
 func (b *Bus) NewTracker(region string) (*Tracker, error) {
 	t := &Tracker{changed: make(chan struct{}), partial: map[string]string{}, done: map[string]Outcome{},
-		reasons: map[string]string{}, held: map[string][]string{}}
+		reasons: map[string]string{}, held: map[string][]string{}, admitted: map[string]struct{}{}}
 	for _, subj := range []string{"tally.records.enriched." + Token(region) + ".>", DeadLetterAll} {
 		sub, err := b.NC.Subscribe(subj, t.on)
 		if err != nil {
@@ -122,6 +125,38 @@ func (t *Tracker) Wait(ctx context.Context, ids []string) (map[string]Outcome, m
 		select {
 		case <-ctx.Done():
 			return out, reasons
+		case <-changed:
+		}
+	}
+}
+
+// Admit blocks until fewer than limit of the batches admitted before are
+// without an outcome, then counts id among them; it returns ctx's error
+// if that does not happen first. A publisher that admits each batch before
+// publishing it has at most limit of them on the bus and in the stages
+// behind it: a slow stage holds the publisher back, where the bus would
+// otherwise store, and cache, whatever the publisher lists.
+func (t *Tracker) Admit(ctx context.Context, id string, limit int) error {
+	for {
+		t.mu.Lock()
+		for a := range t.admitted {
+			if t.done[a] != Pending {
+				delete(t.admitted, a)
+			}
+		}
+		_, again := t.admitted[id]
+		if again || len(t.admitted) < limit || t.done[id] != Pending {
+			if t.done[id] == Pending {
+				t.admitted[id] = struct{}{}
+			}
+			t.mu.Unlock()
+			return nil
+		}
+		changed := t.changed
+		t.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
 		case <-changed:
 		}
 	}

@@ -39,21 +39,31 @@ type Config struct {
 	Interval time.Duration `yaml:"interval"`
 	// DeliveryTimeout bounds the wait for every batch to reach every
 	// messenger before a run gives up on moving its windows.
-	DeliveryTimeout time.Duration         `yaml:"delivery_timeout"`
-	Retry           openstack.RetryConfig `yaml:"retry"`
+	DeliveryTimeout time.Duration `yaml:"delivery_timeout"`
+	// MaxPendingBatches bounds the batches published and not yet
+	// delivered: past it the listing waits, so a slow messenger holds the
+	// extractor back instead of the bus and its caches filling up. 0 is
+	// DefaultMaxPendingBatches.
+	MaxPendingBatches int                   `yaml:"max_pending_batches"`
+	Retry             openstack.RetryConfig `yaml:"retry"`
 }
+
+// DefaultMaxPendingBatches keeps the enricher's workers and prefetch busy
+// (4 workers, 8 fetched ahead) while a few more batches are on their way.
+const DefaultMaxPendingBatches = 16
 
 // DefaultConfig returns cASO's defaults where cASO has them.
 func DefaultConfig() Config {
 	return Config{
-		Tag:             "caso",
-		AccessMode:      AccessAuto,
-		Concurrency:     4,
-		PageSize:        1000,
-		BatchSize:       500,
-		Interval:        time.Hour,
-		DeliveryTimeout: 5 * time.Minute,
-		Retry:           openstack.DefaultRetry(),
+		Tag:               "caso",
+		AccessMode:        AccessAuto,
+		Concurrency:       4,
+		PageSize:          1000,
+		BatchSize:         500,
+		Interval:          time.Hour,
+		DeliveryTimeout:   5 * time.Minute,
+		MaxPendingBatches: DefaultMaxPendingBatches,
+		Retry:             openstack.DefaultRetry(),
 	}
 }
 
@@ -72,6 +82,8 @@ func (c Config) Validate() error {
 		return config.Errorf("interval", "must be at least 1m, got %v", c.Interval)
 	case c.DeliveryTimeout < time.Second:
 		return config.Errorf("delivery_timeout", "must be at least 1s")
+	case c.MaxPendingBatches < 0 || c.MaxPendingBatches > 10000:
+		return config.Errorf("max_pending_batches", "must be between 1 and 10000 (0 for the default), got %d", c.MaxPendingBatches)
 	case c.Tag == "" && len(c.Projects) == 0:
 		return config.Errorf("projects", "no projects and no caso_tag: nothing would be extracted")
 	case c.Retry.MaxAttempts < 1:

@@ -208,6 +208,7 @@ func (e *Runner) Run(ctx context.Context, opts Options) (sum Summary, err error)
 			return sum, err
 		}
 		defer tracker.Close()
+		run.tracker = tracker
 	}
 	if sum.Mode, err = run.mode(ctx); err != nil {
 		return sum, err
@@ -258,6 +259,16 @@ type run struct {
 	batchesOf map[string][]string
 	order     []string // project ids, for a stable progress order
 	done      int
+
+	// tracker hears the outcomes; publish admits each batch through it,
+	// so at most max_pending_batches are in the pipeline at once.
+	tracker *bus.Tracker
+	// unbounded is set once a wait for a free slot outlasted
+	// delivery_timeout: the pipeline is stuck (no enricher?), and waiting
+	// longer per batch would only stretch the run; the stream takes the
+	// rest, as it would have without the bound, and settle says which
+	// projects did not make it.
+	unbounded atomic.Bool
 
 	// userGet, when listing users is forbidden, names each record owner
 	// with one GET per user; users holds each user's fetch, once.
@@ -567,6 +578,9 @@ func (r *run) publish(ctx context.Context, t tallyv1.RecordType, b *tallyv1.Reco
 		}
 		return nil
 	}
+	if err := r.admit(ctx, b.GetBatchId()); err != nil {
+		return err
+	}
 	subject := bus.RawSubject(r.e.region, t)
 	dup, err := r.e.deps.Bus.PublishBatch(ctx, subject, b)
 	if err != nil {
@@ -590,6 +604,32 @@ func (r *run) publish(ctx context.Context, t tallyv1.RecordType, b *tallyv1.Reco
 	}
 	if m := r.e.deps.Metrics; m != nil {
 		m.RecordsOut.WithLabelValues(r.e.src.Name(), "bus", record.TypeName(t)).Add(float64(len(b.GetRecords())))
+	}
+	return nil
+}
+
+// admit waits for a free slot among the batches in the pipeline.
+func (r *run) admit(ctx context.Context, id string) error {
+	if r.tracker == nil || r.unbounded.Load() {
+		return nil
+	}
+	limit := r.e.cfg.MaxPendingBatches
+	if limit <= 0 {
+		limit = DefaultMaxPendingBatches
+	}
+	wctx, cancel := context.WithTimeout(ctx, r.e.cfg.DeliveryTimeout)
+	defer cancel()
+	err := r.tracker.Admit(wctx, id, limit)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	}
+	if r.unbounded.CompareAndSwap(false, true) {
+		r.mu.Lock()
+		r.e.warn(r.sum, "none of %d batches on the bus was delivered within %v: publishing the rest without waiting (is the enricher running?)", limit, r.e.cfg.DeliveryTimeout)
+		r.mu.Unlock()
 	}
 	return nil
 }

@@ -120,7 +120,9 @@ Flags:
 	}
 	bar := newProgress(env.Stderr)
 	opts.Progress = bar.update
+	stopProfile := startMemProfile(env)
 	sums, err := runExtract(ctx, &cfg, auth, opts, env, logger)
+	stopProfile()
 	bar.finish()
 	if !*dryRun || err != nil {
 		for _, sum := range sums {
