@@ -19,6 +19,20 @@ type Config struct {
 	RecordTypes []string `yaml:"record_types"`
 	// Auth guards the public RecordQuery API.
 	Auth Auth `yaml:"auth"`
+	// CacheMiB is SQLite's page cache per connection (0: DefaultCacheMiB).
+	// Larger keeps more of a big store's indexes in memory; tally extract,
+	// a short run, uses a small one so its memory stays bounded.
+	CacheMiB int `yaml:"cache_mib"`
+}
+
+// DefaultCacheMiB is SQLite's page cache per connection by default.
+const DefaultCacheMiB = 64
+
+func (c Config) cacheMiB() int {
+	if c.CacheMiB > 0 {
+		return c.CacheMiB
+	}
+	return DefaultCacheMiB
 }
 
 // Auth says who may call the RecordQuery API.
@@ -51,6 +65,9 @@ func (c Config) Validate() error {
 		if _, _, err := parseStore(c.Store, ""); err != nil {
 			return config.Errorf("store", "%v", err)
 		}
+	}
+	if c.CacheMiB < 0 {
+		return config.Errorf("cache_mib", "%d is negative", c.CacheMiB)
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return config.Errorf("listen", "%q is not host:port: %v", c.Listen, err)

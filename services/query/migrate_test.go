@@ -33,7 +33,7 @@ func TestMigrations(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			loc := b.location(t)
 			// A store written by a tally that knew only version 1.
-			old, err := openStore(ctx, loc, "", 1)
+			old, err := openStore(ctx, loc, "", 1, DefaultCacheMiB)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -210,6 +210,53 @@ func convert[T any](vals []any) []T {
 	return out
 }
 
+// recordArrays is b.recs as one typed array per column of recordColumns:
+// built directly, not through columns, because a batch's records are most
+// of what a write sends.
+func recordArrays(recs []attrs) []any {
+	n := len(recs)
+	str := func(f func(a *attrs) string) []string {
+		out := make([]string, n)
+		for i := range recs {
+			out[i] = f(&recs[i])
+		}
+		return out
+	}
+	num := func(f func(a *attrs) int64) []int64 {
+		out := make([]int64, n)
+		for i := range recs {
+			out[i] = f(&recs[i])
+		}
+		return out
+	}
+	flt := func(f func(a *attrs) float64) []float64 {
+		out := make([]float64, n)
+		for i := range recs {
+			out[i] = f(&recs[i])
+		}
+		return out
+	}
+	ends := make([]*int64, n)
+	data := make([][]byte, n)
+	for i := range recs {
+		ends[i], data[i] = recs[i].end, recs[i].data
+	}
+	return []any{
+		str(func(a *attrs) string { return a.ident }), str(func(a *attrs) string { return a.key }),
+		num(func(a *attrs) int64 { return int64(a.typ) }), str(func(a *attrs) string { return a.region }),
+		str(func(a *attrs) string { return a.site }), str(func(a *attrs) string { return a.project }),
+		str(func(a *attrs) string { return a.vo }), str(func(a *attrs) string { return a.localUser }),
+		str(func(a *attrs) string { return a.globalUser }), str(func(a *attrs) string { return a.status }),
+		num(func(a *attrs) int64 { return a.cpuCount }), num(func(a *attrs) int64 { return a.start }), ends,
+		num(func(a *attrs) int64 { return a.year }), num(func(a *attrs) int64 { return a.month }),
+		num(func(a *attrs) int64 { return a.extractedAt }), num(func(a *attrs) int64 { return a.windowFrom }),
+		num(func(a *attrs) int64 { return a.windowTo }), num(func(a *attrs) int64 { return a.wall }),
+		num(func(a *attrs) int64 { return a.cpu }), flt(func(a *attrs) float64 { return a.norm }),
+		flt(func(a *attrs) float64 { return a.gpu }), flt(func(a *attrs) float64 { return a.gbSeconds }),
+		num(func(a *attrs) int64 { return a.ipVersion }), num(func(a *attrs) int64 { return a.ipCount }), data,
+	}
+}
+
 func (s *pgStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
 	if len(recs) == 0 {
 		return nil
@@ -219,87 +266,70 @@ func (s *pgStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
 		return err
 	}
 	err = s.tx(ctx, func(tx pgx.Tx) error {
+		// The stored rows the batch's deltas and rollups depend on, in one
+		// round trip.
 		stored := map[vmKey][]monthRow{}
+		prior := map[string]*attrs{}
+		reads := &pgx.Batch{}
 		if len(b.vms) > 0 {
 			sites, vms := make([]string, len(b.vms)), make([]string, len(b.vms))
 			for i, k := range b.vms {
 				sites[i], vms[i] = k.site, k.vm
 			}
-			rs, err := tx.Query(ctx, pgSelectMonths, sites, vms)
-			if err != nil {
-				return err
-			}
-			for rs.Next() {
-				var m monthRow
-				if err := rs.Scan(m.pointers()...); err != nil {
-					rs.Close()
-					return err
+			reads.Queue(pgSelectMonths, sites, vms).Query(func(rs pgx.Rows) error {
+				for rs.Next() {
+					var m monthRow
+					if err := rs.Scan(m.pointers()...); err != nil {
+						return err
+					}
+					k := vmKey{m.site, m.vm}
+					stored[k] = append(stored[k], m)
 				}
-				k := vmKey{m.site, m.vm}
-				stored[k] = append(stored[k], m)
-			}
-			rs.Close()
-			if err := rs.Err(); err != nil {
-				return err
-			}
+				return rs.Err()
+			})
 		}
 		// The stored versions of records the usage rollup sums, to take
 		// them out of it where the batch replaces them.
-		prior := map[string]*attrs{}
 		if ids := b.rolledIdents(); len(ids) > 0 {
-			rs, err := tx.Query(ctx, "SELECT "+strings.Join(storedColumns, ", ")+" FROM records WHERE ident = ANY($1::text[])", ids)
-			if err != nil {
-				return err
-			}
-			for rs.Next() {
-				a := &attrs{}
-				if err := rs.Scan(storedAttrs(a)...); err != nil {
-					rs.Close()
-					return err
+			reads.Queue("SELECT "+strings.Join(storedColumns, ", ")+" FROM records WHERE ident = ANY($1::text[])", ids).Query(func(rs pgx.Rows) error {
+				for rs.Next() {
+					a := &attrs{}
+					if err := rs.Scan(storedAttrs(a)...); err != nil {
+						return err
+					}
+					prior[a.ident] = a
 				}
-				prior[a.ident] = a
-			}
-			rs.Close()
-			if err := rs.Err(); err != nil {
+				return rs.Err()
+			})
+		}
+		if reads.Len() > 0 {
+			if err := tx.SendBatch(ctx, reads).Close(); err != nil {
 				return err
 			}
 		}
-		recRows := make([][]any, len(b.recs))
-		for i := range b.recs {
-			recRows[i] = recordValues(&b.recs[i])
-		}
-		if _, err := tx.Exec(ctx, pgUpsertRecord, columns(len(recordColumns), recRows)...); err != nil {
-			return fmt.Errorf("records: %w", err)
-		}
+		// Every upsert in one round trip too.
+		writes := &pgx.Batch{}
+		queue := func(q string, args ...any) { writes.Queue(q, args...) }
+		queue(pgUpsertRecord, recordArrays(b.recs)...)
 		if rows := b.usage(prior).rows(); len(rows) > 0 {
-			if _, err := tx.Exec(ctx, pgUpsertUsage, columns(len(usageColumns), rows)...); err != nil {
-				return fmt.Errorf("usage_rollup: %w", err)
-			}
+			queue(pgUpsertUsage, columns(len(usageColumns), rows)...)
 		}
 		winRows := make([][]any, len(b.windows))
 		for i, a := range b.windows {
 			winRows[i] = []any{a.ident, a.windowFrom, a.windowTo, a.extractedAt}
 		}
-		if _, err := tx.Exec(ctx, pgUpsertWindow, columns(4, winRows)...); err != nil {
-			return fmt.Errorf("record_windows: %w", err)
-		}
-		months, roll := b.months(stored)
-		if len(months) == 0 {
-			return nil
-		}
-		monRows := make([][]any, len(months))
-		for i := range months {
-			monRows[i] = months[i].values()
-		}
-		if _, err := tx.Exec(ctx, pgUpsertMonth, columns(len(monthColumns), monRows)...); err != nil {
-			return fmt.Errorf("cloud_months: %w", err)
-		}
-		if rows := roll.rows(); len(rows) > 0 {
-			if _, err := tx.Exec(ctx, pgUpsertRollup, columns(len(rollupColumns), rows)...); err != nil {
-				return fmt.Errorf("cloud_rollup: %w", err)
+		queue(pgUpsertWindow, columns(4, winRows)...)
+		if months, roll := b.months(stored); len(months) > 0 {
+			monRows := make([][]any, len(months))
+			for i := range months {
+				monRows[i] = months[i].values()
+			}
+			queue(pgUpsertMonth, columns(len(monthColumns), monRows)...)
+			if rows := roll.rows(); len(rows) > 0 {
+				queue(pgUpsertRollup, columns(len(rollupColumns), rows)...)
 			}
 		}
-		return nil
+		return tx.SendBatch(ctx, writes).Close()
 	})
 	if err != nil {
 		return fmt.Errorf("query: write: %w", err)

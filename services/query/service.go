@@ -30,7 +30,7 @@ func Open(ctx context.Context, cfg Config, dataDir string, logger *slog.Logger) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	store, err := OpenStore(ctx, cfg.Store, dataDir)
+	store, err := openStore(ctx, cfg.Store, dataDir, len(migrations), cfg.cacheMiB())
 	if err != nil {
 		return nil, err
 	}

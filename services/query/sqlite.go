@@ -28,26 +28,18 @@ type sqliteStore struct {
 	writeMu sync.Mutex
 }
 
-func openSQLite(ctx context.Context, path string, target int) (*sqliteStore, error) {
+func openSQLite(ctx context.Context, path string, target, cacheMiB int) (*sqliteStore, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("query: sqlite store: %w", err)
 	}
-	// synchronous(FULL): a batch is durable when Write returns, as the
-	// messenger contract requires, even across a power cut.
 	q := url.Values{}
-	q.Add("_pragma", "journal_mode(WAL)")
-	q.Add("_pragma", "synchronous(FULL)")
-	q.Add("_pragma", "busy_timeout(10000)")
-	// 64 MiB of page cache per connection: the indexes of a large store
-	// stay in memory while a batch is upserted.
-	q.Add("_pragma", "cache_size(-65536)")
-	// Statement journals (every multi-row upsert has one) in memory, not
-	// in temporary files.
-	q.Add("_pragma", "temp_store(MEMORY)")
-	// Checkpoint every 64 MiB of WAL rather than every 4 MiB: a batch
-	// dirties thousands of index pages, and the default would copy them
-	// into the database file (and fsync it) after nearly every commit.
-	q.Add("_pragma", "wal_autocheckpoint(16384)")
+	for _, p := range pragmas {
+		q.Add("_pragma", p)
+	}
+	// The page cache is per connection, outside the Go heap, and taken
+	// only as pages are read: the indexes a batch touches stay in memory
+	// instead of being reread from the file.
+	q.Add("_pragma", fmt.Sprintf("cache_size(-%d)", cacheMiB*1024))
 	q.Set("_txlock", "immediate")
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 	db, err := sql.Open("sqlite", dsn)
@@ -73,6 +65,22 @@ func openSQLite(ctx context.Context, path string, target int) (*sqliteStore, err
 		return nil, fmt.Errorf("%w (store %s)", err, path)
 	}
 	return s, nil
+}
+
+// pragmas configure every connection.
+var pragmas = []string{
+	"journal_mode(WAL)",
+	// A batch is durable when Write returns, as the messenger contract
+	// requires, even across a power cut.
+	"synchronous(FULL)",
+	"busy_timeout(10000)",
+	// Statement journals (every multi-row upsert has one) in memory, not
+	// in temporary files.
+	"temp_store(MEMORY)",
+	// Checkpoint every 64 MiB of WAL rather than every 4 MiB: a batch
+	// dirties thousands of index pages, and the default would copy them
+	// into the database file (and fsync it) after nearly every commit.
+	"wal_autocheckpoint(16384)",
 }
 
 type sqlRows struct{ *sql.Rows }

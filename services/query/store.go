@@ -44,12 +44,12 @@ type Store interface {
 // OpenStore opens (creating or upgrading) the store at location: empty for
 // <dataDir>/query.db, sqlite:///path, or a postgres:// URL.
 func OpenStore(ctx context.Context, location, dataDir string) (Store, error) {
-	return openStore(ctx, location, dataDir, len(migrations))
+	return openStore(ctx, location, dataDir, len(migrations), DefaultCacheMiB)
 }
 
 // openStore migrates to at most version target; tests use it to build
 // stores of an old schema.
-func openStore(ctx context.Context, location, dataDir string, target int) (Store, error) {
+func openStore(ctx context.Context, location, dataDir string, target, cacheMiB int) (Store, error) {
 	kind, where, err := parseStore(location, dataDir)
 	if err != nil {
 		return nil, err
@@ -57,7 +57,7 @@ func openStore(ctx context.Context, location, dataDir string, target int) (Store
 	if kind == "postgres" {
 		return openPostgres(ctx, where, target)
 	}
-	return openSQLite(ctx, where, target)
+	return openSQLite(ctx, where, target, cacheMiB)
 }
 
 // parseStore splits a store location into its kind and the path or URL.

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -118,6 +119,7 @@ Flags:
 		fmt.Fprintf(env.Stderr, "tally extract: %v\n", err)
 		return 2
 	}
+	defer softMemoryLimit(cfg.MemoryLimitMiB, DefaultExtractMemoryMiB, env)()
 	bar := newProgress(env.Stderr)
 	opts.Progress = bar.update
 	stopProfile := startMemProfile(env)
@@ -180,6 +182,11 @@ func runExtract(ctx context.Context, cfg *Config, auth openstack.AuthConfig, opt
 	local.Messengers.SSM.Listen = "127.0.0.1:0"
 	local.Messengers.Logstash.Listen = "127.0.0.1:0"
 	local.Query.Listen = "127.0.0.1:0"
+	if local.Query.CacheMiB == 0 {
+		// One run's records fit a small page cache; memory stays bounded
+		// whatever the size of the store.
+		local.Query.CacheMiB = 8
+	}
 	local.Enricher.Messengers = nil
 	var targets []string
 	if cfg.NATS.URL == "" {
@@ -292,4 +299,28 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// DefaultExtractMemoryMiB is tally extract's soft memory limit: the run's
+// memory stays bounded by a page of the listing and the batches in flight,
+// not by the size of the cloud, and without a limit the garbage collector
+// lets the heap grow to twice what is live. Measured on 100,000 servers
+// (BenchmarkExtract): peak RSS 190 MiB at 128, 203 at 150, 177 at 100 but
+// 25% slower.
+const DefaultExtractMemoryMiB = 128
+
+// softMemoryLimit sets the Go runtime's soft memory limit to mib (or def
+// when mib is 0) unless GOMEMLIMIT is set, and returns the undo.
+func softMemoryLimit(mib, def int, env Env) func() {
+	if env.getenv("GOMEMLIMIT") != "" {
+		return func() {}
+	}
+	if mib == 0 {
+		mib = def
+	}
+	if mib <= 0 {
+		return func() {}
+	}
+	old := debug.SetMemoryLimit(int64(mib) << 20)
+	return func() { debug.SetMemoryLimit(old) }
 }

@@ -230,6 +230,7 @@ func serve(ctx context.Context, args []string, env Env) int {
 		fmt.Fprintf(env.Stderr, "tally serve: %v\n", err)
 		return 2
 	}
+	defer softMemoryLimit(cfg.MemoryLimitMiB, 0, env)()
 	if err := runServices(ctx, &cfg, targets, env, logger); err != nil {
 		logger.Error("tally serve failed", "error", err)
 		return 1

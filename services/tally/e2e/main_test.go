@@ -20,7 +20,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -333,11 +332,20 @@ func extract(t testingTB, timeout time.Duration, dir string, env []string, args 
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	began := time.Now()
-	err := cmd.Run()
-	res := extractResult{code: cmd.ProcessState.ExitCode(), stdout: stdout.String(), stderr: stderr.String(), wall: time.Since(began)}
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		res.maxRSSKiB = ru.Maxrss
+	err := cmd.Start()
+	var hwm int64
+	if err == nil {
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			hwm = watchHWM(cmd.Process.Pid, stop)
+		}()
+		err = cmd.Wait()
+		close(stop)
+		<-done
 	}
+	res := extractResult{code: cmd.ProcessState.ExitCode(), stdout: stdout.String(), stderr: stderr.String(), wall: time.Since(began), maxRSSKiB: hwm}
 	if ctx.Err() != nil {
 		t.Fatalf("tally extract %v did not finish within %v\nstdout:\n%s\nstderr:\n%s", args, timeout, res.stdout, res.stderr)
 	}
@@ -367,4 +375,32 @@ func mustTime(s string) time.Time {
 		panic(err)
 	}
 	return t
+}
+
+// watchHWM polls the peak resident set (VmHWM) of pid until stop closes
+// and returns the last value read, in KiB. Not getrusage's ru_maxrss: a
+// child exec'd by Go (vfork, the parent's memory shared) inherits the
+// parent's high-water mark at exec, so it would report at least the size
+// of this test process.
+func watchHWM(pid int, stop <-chan struct{}) int64 {
+	path := fmt.Sprintf("/proc/%d/status", pid)
+	var peak int64
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if b, err := os.ReadFile(path); err == nil {
+			for line := range strings.Lines(string(b)) {
+				if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+					if n, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64); err == nil {
+						peak = max(peak, n)
+					}
+				}
+			}
+		}
+		select {
+		case <-stop:
+			return peak
+		case <-tick.C:
+		}
+	}
 }
