@@ -52,8 +52,8 @@ type Config struct {
 	// GOMEMLIMIT (which wins when set): the garbage collector works harder
 	// near it, nothing fails. 0: tally extract uses DefaultExtractMemoryMiB,
 	// tally serve none.
-	MemoryLimitMiB int `yaml:"memory_limit_mib"`
-	NATS            bus.Config    `yaml:"nats"`
+	MemoryLimitMiB int        `yaml:"memory_limit_mib"`
+	NATS           bus.Config `yaml:"nats"`
 	// OpenStack holds the credentials of the extractors; empty means the
 	// OS_* environment (or OS_CLOUD and clouds.yaml).
 	OpenStack  openstack.AuthConfig `yaml:"openstack"`
