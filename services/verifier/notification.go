@@ -2,10 +2,14 @@ package verifier
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tally-accounting/tally/services/verifier/oslo"
 )
@@ -137,7 +141,12 @@ func novaData(o object) object {
 type timeReader struct{ invalid string }
 
 func (r *timeReader) read(o object, key string) time.Time {
-	s := str(o, key)
+	return r.parse(key, jsonString(str(o, key)))
+}
+
+// parse reads the time s of field key, noting the first that is invalid.
+func (r *timeReader) parse(key string, v jsonString) time.Time {
+	s := string(v)
 	t, err := oslo.ParseTime(s)
 	if err != nil && r.invalid == "" {
 		r.invalid = key + "=" + s
@@ -147,7 +156,7 @@ func (r *timeReader) read(o object, key string) time.Time {
 
 // parseNova reads a Nova notification, p its payload (nil unless an
 // object); ok is false for event types that do not touch usage.
-func parseNova(m *oslo.Message, p object) (ev instanceEvent, ok bool, err error) {
+func parseNova(m *oslo.Message, p *payload) (ev instanceEvent, ok bool, err error) {
 	effect, ok := novaEvents[m.EventType]
 	if !ok {
 		return ev, false, nil
@@ -157,62 +166,69 @@ func parseNova(m *oslo.Message, p object) (ev instanceEvent, ok bool, err error)
 	}
 	ev = instanceEvent{MessageID: m.MessageID, EventType: m.EventType, Effect: effect, When: m.When()}
 	var tr timeReader
-	if d := sub(p, "nova_object.data"); d != nil {
+	if d := p.NovaData.v; d != nil {
 		ev.Versioned = true
-		ev.Instance = str(d, "uuid")
-		ev.Usage.Tenant = str(d, "tenant_id")
-		ev.Usage.LaunchedAt = tr.read(d, "launched_at")
-		if f := novaData(sub(d, "flavor")); f != nil {
-			ev.Usage.InstanceFlavorID = str(f, "flavorid")
-			ev.Usage.FlavorName = str(f, "name")
+		ev.Instance = string(d.UUID)
+		ev.Usage.Tenant = string(d.TenantID)
+		ev.Usage.LaunchedAt = tr.parse("launched_at", d.LaunchedAt)
+		if f := d.Flavor.v; f != nil {
+			if f.Data.v != nil {
+				f = f.Data.v
+			}
+			ev.Usage.InstanceFlavorID = string(f.FlavorID)
+			ev.Usage.FlavorName = string(f.Name)
 		}
-		ev.Usage.OSArchitecture = str(d, "architecture")
-		ev.DeletedAt = tr.read(d, "terminated_at")
+		ev.Usage.OSArchitecture = string(d.Architecture)
+		ev.DeletedAt = tr.parse("terminated_at", d.TerminatedAt)
 		if ev.DeletedAt.IsZero() {
-			ev.DeletedAt = tr.read(d, "deleted_at")
+			ev.DeletedAt = tr.parse("deleted_at", d.DeletedAt)
 		}
-		if a := novaData(sub(d, "audit_period")); a != nil {
-			ev.AuditBegin = tr.read(a, "audit_period_beginning")
-			ev.AuditEnd = tr.read(a, "audit_period_ending")
+		if a := d.AuditPeriod.v; a != nil {
+			if a.Data.v != nil {
+				a = a.Data.v
+			}
+			ev.AuditBegin = tr.parse("audit_period_beginning", a.Begin)
+			ev.AuditEnd = tr.parse("audit_period_ending", a.End)
 		}
-		if f := sub(d, "fault"); f != nil && strings.HasSuffix(m.EventType, "create.end") {
-			ev.Message = str(novaData(f), "exception")
+		if f := d.Fault.v; f != nil && strings.HasSuffix(m.EventType, "create.end") {
+			if f.Data.v != nil {
+				f = f.Data.v
+			}
+			ev.Message = string(f.Exception)
 		}
 	} else {
-		ev.Instance = str(p, "instance_id")
+		ev.Instance = string(p.InstanceID)
 		if ev.Instance == "" {
-			ev.Instance = str(p, "instance_uuid")
+			ev.Instance = string(p.InstanceUUID)
 		}
 		if ev.Instance == "" {
-			ev.Instance = str(sub(sub(p, "exception"), "kwargs"), "uuid")
+			ev.Instance = string(p.Exception.Kwargs.UUID)
 		}
 		if ev.Instance == "" {
-			ev.Instance = str(sub(p, "instance"), "uuid")
+			ev.Instance = string(p.Instance.UUID)
 		}
-		ev.Usage.Tenant = str(p, "tenant_id")
-		ev.Usage.LaunchedAt = tr.read(p, "launched_at")
-		ev.Usage.InstanceTypeID = str(p, "instance_type_id")
-		ev.Usage.InstanceFlavorID = str(p, "instance_flavor_id")
-		ev.Usage.FlavorName = str(p, "instance_type")
-		meta := sub(p, "image_meta")
-		ev.Usage.OSArchitecture = firstOf(meta, "org.openstack__1__architecture", "architecture")
-		ev.Usage.OSDistro = firstOf(meta, "org.openstack__1__os_distro", "os_distro")
-		ev.Usage.OSVersion = firstOf(meta, "org.openstack__1__os_version", "os_version")
-		ev.Usage.RaxOptions = str(meta, "com.rackspace__1__options")
-		ev.Usage.ImageType = str(meta, "image_type")
-		ev.DeletedAt = tr.read(p, "terminated_at")
+		ev.Usage.Tenant = string(p.TenantID)
+		ev.Usage.LaunchedAt = tr.parse("launched_at", p.LaunchedAt)
+		ev.Usage.InstanceTypeID = string(p.InstanceTypeID)
+		ev.Usage.InstanceFlavorID = string(p.InstanceFlavorID)
+		ev.Usage.FlavorName = string(p.InstanceType)
+		meta := &p.ImageMeta
+		ev.Usage.OSArchitecture = string(cmp.Or(meta.OSArchitecture, meta.Architecture))
+		ev.Usage.OSDistro = string(cmp.Or(meta.OSDistro, meta.Distro))
+		ev.Usage.OSVersion = string(cmp.Or(meta.OSVersion, meta.Version))
+		ev.Usage.RaxOptions = string(meta.RaxOptions)
+		ev.Usage.ImageType = string(meta.ImageType)
+		ev.DeletedAt = tr.parse("terminated_at", p.TerminatedAt)
 		if ev.DeletedAt.IsZero() {
-			ev.DeletedAt = tr.read(p, "deleted_at")
+			ev.DeletedAt = tr.parse("deleted_at", p.DeletedAt)
 		}
-		ev.AuditBegin = tr.read(p, "audit_period_beginning")
-		ev.AuditEnd = tr.read(p, "audit_period_ending")
-		if msg := str(p, "message"); msg != "" && msg != "Success" {
+		ev.AuditBegin = tr.parse("audit_period_beginning", p.AuditBegin)
+		ev.AuditEnd = tr.parse("audit_period_ending", p.AuditEnd)
+		if msg := string(p.Message); msg != "" && msg != "Success" {
 			ev.Message = msg
 		}
-		if bw := sub(sub(p, "bandwidth"), "public"); bw != nil {
-			if n, ok := bw["bw_out"].(json.Number); ok {
-				ev.Bandwidth, _ = n.Int64()
-			}
+		if bw := p.Bandwidth.Public.BWOut; bw.number {
+			ev.Bandwidth = bw.value
 		}
 	}
 	if ev.Usage.Tenant == "" {
@@ -241,7 +257,7 @@ var glanceUsageEvents = map[string]bool{"image.create": true, "image.activate": 
 // object); ok is false for event types that do not touch usage. A
 // non-object payload (Glance sends error strings) is ignored, as StackTach
 // did.
-func parseGlance(m *oslo.Message, p object) (ev imageEvent, ok bool, err error) {
+func parseGlance(m *oslo.Message, p *payload) (ev imageEvent, ok bool, err error) {
 	if !glanceUsageEvents[m.EventType] && m.EventType != "image.delete" && m.EventType != "image.exists" {
 		return ev, false, nil
 	}
@@ -251,38 +267,33 @@ func parseGlance(m *oslo.Message, p object) (ev imageEvent, ok bool, err error) 
 	ev = imageEvent{MessageID: m.MessageID, EventType: m.EventType, When: m.When()}
 	var tr timeReader
 	// image.exists lists its images (StackTach's format) or is one flat
-	// image (the simulator's, one message per image).
-	images := []object{p}
-	if list, ok := p["images"].([]any); ok && m.EventType == "image.exists" {
-		images = images[:0]
-		for _, it := range list {
-			if o, ok := it.(object); ok {
-				images = append(images, o)
-			}
-		}
+	// image (the simulator's, one message per image). Elements of the list
+	// that are not objects decode as empty images, skipped below for their
+	// missing id.
+	images := []glanceImage{p.glanceImage}
+	if p.Images != nil && m.EventType == "image.exists" {
+		images = p.Images
 	}
-	owner := str(p, "owner")
+	owner := string(p.Owner)
 	for _, im := range images {
-		u := ImageUsage{UUID: str(im, "id"), Owner: str(im, "owner"), CreatedAt: tr.read(im, "created_at"), Updated: ev.When}
+		u := ImageUsage{UUID: string(im.ID), Owner: string(im.Owner), CreatedAt: tr.parse("created_at", im.CreatedAt), Updated: ev.When}
 		if u.Owner == "" {
 			u.Owner = owner
 		}
-		if n, ok := im["size"].(json.Number); ok {
-			if v, err := n.Int64(); err == nil {
-				u.Size, u.HasSize = v, true
-			}
+		if im.Size.number && im.Size.ok {
+			u.Size, u.HasSize = im.Size.value, true
 		}
 		if u.UUID == "" {
 			continue
 		}
 		ev.Images = append(ev.Images, u)
-		if d := tr.read(im, "deleted_at"); !d.IsZero() {
+		if d := tr.parse("deleted_at", im.DeletedAt); !d.IsZero() {
 			ev.Deleted = append(ev.Deleted, ImageDelete{UUID: u.UUID, DeletedAt: d})
 		}
 	}
 	if m.EventType == "image.exists" {
-		ev.AuditBegin = tr.read(p, "audit_period_beginning")
-		ev.AuditEnd = tr.read(p, "audit_period_ending")
+		ev.AuditBegin = tr.parse("audit_period_beginning", p.AuditBegin)
+		ev.AuditEnd = tr.parse("audit_period_ending", p.AuditEnd)
 	}
 	if m.EventType == "image.delete" && len(ev.Deleted) == 0 {
 		for _, u := range ev.Images {
@@ -294,4 +305,173 @@ func parseGlance(m *oslo.Message, p object) (ev imageEvent, ok bool, err error) 
 		return ev, false, fmt.Errorf("%s %s: unparseable %s", m.EventType, m.MessageID, tr.invalid)
 	}
 	return ev, len(ev.Images) > 0, nil
+}
+
+// payload holds the fields parseNova and parseGlance read, of legacy and
+// versioned Nova payloads and Glance's, so that a notification is decoded
+// once, into this, rather than into a map[string]any that allocates every
+// key and value of the payload. The field types are lenient as the map
+// reader was: str read strings, numbers and booleans, and anything else
+// as ""; sub read non-objects as absent (oslo.ParseTyped leaves a field of
+// the wrong JSON type zero). optional tells an object from no object where
+// the readers ask. One difference remains: encoding/json matches a key to
+// a field case-insensitively when no key matches exactly ("Tenant_ID"),
+// where the map reader did not; OpenStack's payloads spell their keys one
+// way, and TestTypedPayloadAgrees checks every recorded one.
+type payload struct {
+	NovaData optional[novaVersioned] `json:"nova_object.data"`
+
+	InstanceID   jsonString `json:"instance_id"`
+	InstanceUUID jsonString `json:"instance_uuid"`
+	Exception    struct {
+		Kwargs struct {
+			UUID jsonString `json:"uuid"`
+		} `json:"kwargs"`
+	} `json:"exception"`
+	Instance struct {
+		UUID jsonString `json:"uuid"`
+	} `json:"instance"`
+	TenantID         jsonString `json:"tenant_id"`
+	LaunchedAt       jsonString `json:"launched_at"`
+	InstanceTypeID   jsonString `json:"instance_type_id"`
+	InstanceFlavorID jsonString `json:"instance_flavor_id"`
+	InstanceType     jsonString `json:"instance_type"`
+	ImageMeta        struct {
+		OSArchitecture jsonString `json:"org.openstack__1__architecture"`
+		Architecture   jsonString `json:"architecture"`
+		OSDistro       jsonString `json:"org.openstack__1__os_distro"`
+		Distro         jsonString `json:"os_distro"`
+		OSVersion      jsonString `json:"org.openstack__1__os_version"`
+		Version        jsonString `json:"os_version"`
+		RaxOptions     jsonString `json:"com.rackspace__1__options"`
+		ImageType      jsonString `json:"image_type"`
+	} `json:"image_meta"`
+	TerminatedAt jsonString `json:"terminated_at"`
+	AuditBegin   jsonString `json:"audit_period_beginning"`
+	AuditEnd     jsonString `json:"audit_period_ending"`
+	Message      jsonString `json:"message"`
+	Bandwidth    struct {
+		Public struct {
+			BWOut jsonInt `json:"bw_out"`
+		} `json:"public"`
+	} `json:"bandwidth"`
+
+	// Glance: the payload is an image (deleted_at is shared with Nova's),
+	// or image.exists lists them.
+	glanceImage
+	Images []glanceImage `json:"images"`
+}
+
+// glanceImage is one image of a Glance payload.
+type glanceImage struct {
+	ID        jsonString `json:"id"`
+	Owner     jsonString `json:"owner"`
+	CreatedAt jsonString `json:"created_at"`
+	Size      jsonInt    `json:"size"`
+	DeletedAt jsonString `json:"deleted_at"`
+}
+
+// novaVersioned is a versioned payload's nova_object.data.
+type novaVersioned struct {
+	UUID         jsonString           `json:"uuid"`
+	TenantID     jsonString           `json:"tenant_id"`
+	LaunchedAt   jsonString           `json:"launched_at"`
+	Architecture jsonString           `json:"architecture"`
+	TerminatedAt jsonString           `json:"terminated_at"`
+	DeletedAt    jsonString           `json:"deleted_at"`
+	Flavor       optional[novaFlavor] `json:"flavor"`
+	AuditPeriod  optional[novaAudit]  `json:"audit_period"`
+	Fault        optional[novaFault]  `json:"fault"`
+}
+
+// The nested versioned objects are read from their nova_object.data when
+// it is an object, else as they are (novaData).
+type novaFlavor struct {
+	FlavorID jsonString           `json:"flavorid"`
+	Name     jsonString           `json:"name"`
+	Data     optional[novaFlavor] `json:"nova_object.data"`
+}
+
+type novaAudit struct {
+	Begin jsonString          `json:"audit_period_beginning"`
+	End   jsonString          `json:"audit_period_ending"`
+	Data  optional[novaAudit] `json:"nova_object.data"`
+}
+
+type novaFault struct {
+	Exception jsonString          `json:"exception"`
+	Data      optional[novaFault] `json:"nova_object.data"`
+}
+
+// optional is an object that may be absent, sub's reading: v is nil
+// unless the value is an object. (A *T field would not do: encoding/json
+// allocates it before it finds a value of another type, such as a string.)
+// Fields of the wrong type inside are left zero, as in the payload.
+type optional[T any] struct{ v *T }
+
+func (o *optional[T]) UnmarshalJSON(b []byte) error {
+	o.v = nil
+	if b[0] != '{' {
+		return nil
+	}
+	o.v = new(T)
+	err := json.Unmarshal(b, o.v)
+	if _, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {
+		return nil
+	}
+	return err
+}
+
+// jsonString is str's reading of a value: a string as it is, a number in
+// its JSON spelling, a boolean as true or false, anything else "".
+type jsonString string
+
+func (s *jsonString) UnmarshalJSON(b []byte) error {
+	switch b[0] {
+	case '"':
+		// The common string, without escapes or non-ASCII bytes, is its
+		// bytes; encoding/json reads the others (escapes, invalid UTF-8).
+		plain := true
+		for _, c := range b[1 : len(b)-1] {
+			if c == '\\' || c >= utf8.RuneSelf {
+				plain = false
+				break
+			}
+		}
+		if plain {
+			*s = jsonString(b[1 : len(b)-1])
+			return nil
+		}
+		var v string
+		if err := json.Unmarshal(b, &v); err != nil {
+			return err
+		}
+		*s = jsonString(v)
+	case 't':
+		*s = "true"
+	case 'f':
+		*s = "false"
+	case '{', '[', 'n':
+		*s = ""
+	default: // a number
+		*s = jsonString(b)
+	}
+	return nil
+}
+
+// jsonInt is a value read as the map reader read json.Number.Int64: number
+// says it was a number, ok that it was an int64 (value, else 0).
+type jsonInt struct {
+	value      int64
+	number, ok bool
+}
+
+func (n *jsonInt) UnmarshalJSON(b []byte) error {
+	*n = jsonInt{}
+	if c := b[0]; c == '-' || c >= '0' && c <= '9' {
+		n.number = true
+		v, err := strconv.ParseInt(string(b), 10, 64)
+		n.value, n.ok = v, err == nil
+	}
+	return nil
 }

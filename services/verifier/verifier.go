@@ -195,13 +195,11 @@ func (v *Verifier) Stop(ctx context.Context) error {
 // holds back only itself.
 func (v *Verifier) handleBatch(ctx context.Context, msgs []*bus.Message) []error {
 	errs := make([]error, len(msgs))
-	var all Batch
-	parts := make([]Batch, len(msgs))
+	// Sized for the common batch of one write per message, so that the
+	// batch is built without growing.
+	all := Batch{Usage: make([]UsageEvent, 0, len(msgs)), Exists: make([]InstanceExists, 0, len(msgs))}
 	for i, m := range msgs {
-		errs[i] = v.collect(&parts[i], m.Data, m.Header.Get(bridge.HeaderRoutingKey))
-		if errs[i] == nil {
-			all.append(&parts[i])
-		}
+		errs[i] = v.collect(&all, m.Data, m.Header.Get(bridge.HeaderRoutingKey))
 	}
 	err := v.store.ApplyBatch(ctx, &all)
 	if err == nil || len(msgs) == 1 {
@@ -213,9 +211,14 @@ func (v *Verifier) handleBatch(ctx context.Context, msgs []*bus.Message) []error
 		return errs
 	}
 	v.logger.Warn("batch failed; applying its messages one by one", "messages", len(msgs), "error", err)
-	for i := range parts {
+	// Rare: read each message again rather than keep every message's
+	// writes apart on the common path.
+	for i, m := range msgs {
 		if errs[i] == nil {
-			errs[i] = v.store.ApplyBatch(ctx, &parts[i])
+			var part Batch
+			if errs[i] = v.read(&part, m.Data, m.Header.Get(bridge.HeaderRoutingKey), false); errs[i] == nil {
+				errs[i] = v.store.ApplyBatch(ctx, &part)
+			}
 		}
 	}
 	return errs
@@ -242,20 +245,27 @@ func (v *Verifier) Ingest(ctx context.Context, body []byte, routingKey string) e
 	return v.store.ApplyBatch(ctx, &b)
 }
 
-// collect adds to b what one notification body changes. A body that can
-// never be applied returns a bus.Permanent error.
+// collect adds to b what one notification body changes, and nothing if it
+// returns an error. A body that can never be applied returns a
+// bus.Permanent error.
 func (v *Verifier) collect(b *Batch, body []byte, routingKey string) error {
-	msg, payload, err := oslo.ParseDecoded(body)
+	return v.read(b, body, routingKey, true)
+}
+
+// read is collect; count says whether to count the notification (not when
+// it is read a second time).
+func (v *Verifier) read(b *Batch, body []byte, routingKey string, count bool) error {
+	msg, p, err := oslo.ParseTyped[payload](body)
 	if err != nil {
 		return bus.Permanent(err)
 	}
-	if v.metrics != nil {
+	if v.metrics != nil && count {
 		v.metrics.RecordsIn.WithLabelValues(Name, "notification").Inc()
 	}
 	if strings.HasPrefix(msg.EventType, "image.") {
-		return collectImage(b, msg, payload, routingKey, body)
+		return collectImage(b, msg, p, routingKey, body)
 	}
-	ev, ok, err := parseNova(msg, payload)
+	ev, ok, err := parseNova(msg, p)
 	if err != nil {
 		return bus.Permanent(err)
 	}
@@ -292,8 +302,8 @@ func (v *Verifier) collect(b *Batch, body []byte, routingKey string) error {
 	return nil
 }
 
-func collectImage(b *Batch, msg *oslo.Message, payload map[string]any, routingKey string, body []byte) error {
-	ev, ok, err := parseGlance(msg, payload)
+func collectImage(b *Batch, msg *oslo.Message, p *payload, routingKey string, body []byte) error {
+	ev, ok, err := parseGlance(msg, p)
 	if err != nil {
 		return bus.Permanent(err)
 	}

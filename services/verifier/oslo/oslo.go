@@ -88,11 +88,79 @@ func ParseDecoded(body []byte) (*Message, map[string]any, error) {
 	return msg, p, nil
 }
 
+// ParseHeader is Parse without the payload: Message.Payload is left empty.
+// notify-bridge needs only the id and the event type; skipping the payload
+// spares a copy of it per notification. It refuses exactly what Parse
+// refuses (Payload, a json.RawMessage, accepts any value).
+func ParseHeader(body []byte) (*Message, error) {
+	inner, v2, err := unwrap(body)
+	if err != nil {
+		return nil, err
+	}
+	var h header
+	if err := json.Unmarshal(inner, &h); err != nil {
+		return nil, innerError(v2, err)
+	}
+	return checked(&h.Message, v2)
+}
+
+// header decodes Message minus its payload. skipValue takes any JSON
+// value, as json.RawMessage does, without keeping it.
+type header struct {
+	Message
+	Payload skipValue `json:"payload"`
+}
+
+type skipValue struct{}
+
+func (*skipValue) UnmarshalJSON([]byte) error { return nil }
+
+// ParseTyped is ParseDecoded for readers that know which payload fields
+// they read: the payload is decoded into a P (a struct of the fields read,
+// their types lenient) instead of a map[string]any, which allocates every
+// key and value of the payload; p is nil unless the payload is an object.
+//
+// The result is what a reader of ParseDecoded's map would find: a field
+// whose JSON type does not fit P is left zero, as the map reader finds no
+// value of the type it looks for. encoding/json reports only the first
+// such mismatch, and one outside the payload makes the message malformed,
+// so on a mismatch the (rare) strict ParseDecoded decides.
+func ParseTyped[P any](body []byte) (*Message, *P, error) {
+	inner, v2, err := unwrap(body)
+	if err != nil {
+		return nil, nil, err
+	}
+	var m struct {
+		Message
+		Payload *P `json:"payload"` // shadows Message.Payload
+	}
+	err = json.Unmarshal(inner, &m)
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		msg, p, err := ParseDecoded(body)
+		if err != nil {
+			return nil, nil, err
+		}
+		if p == nil {
+			m.Payload = nil
+		}
+		return msg, m.Payload, nil
+	}
+	if err != nil {
+		return nil, nil, innerError(v2, err)
+	}
+	msg, err := checked(&m.Message, v2)
+	if err != nil {
+		return nil, nil, err
+	}
+	return msg, m.Payload, nil
+}
+
 // unwrap returns the message inside a v2 envelope, or body itself.
 func unwrap(body []byte) (inner []byte, v2 bool, err error) {
 	var env struct {
-		Version *string `json:"oslo.version"`
-		Message *string `json:"oslo.message"`
+		Version *string  `json:"oslo.version"`
+		Message *rawText `json:"oslo.message"`
 	}
 	if err := json.Unmarshal(body, &env); err != nil {
 		return nil, false, malformed("not a JSON object: %v", err)
@@ -106,7 +174,21 @@ func unwrap(body []byte) (inner []byte, v2 bool, err error) {
 	if env.Message == nil {
 		return nil, false, malformed("oslo.version %s envelope without oslo.message", *env.Version)
 	}
-	return []byte(*env.Message), true, nil
+	return *env.Message, true, nil
+}
+
+// rawText is a JSON string's unescaped bytes. As a *string, the message
+// would be unescaped into a buffer and then copied into the string, and
+// back into bytes: two copies of the whole message per notification that
+// this spares. UnmarshalText keeps the bytes it is given, though
+// encoding.TextUnmarshaler asks for a copy: json.Unmarshal hands it either
+// the buffer it unescaped into, which is not reused, or a part of the body
+// being parsed, which outlives the parse and is not written to.
+type rawText []byte
+
+func (t *rawText) UnmarshalText(b []byte) error {
+	*t = b
+	return nil
 }
 
 func innerError(v2 bool, err error) error {
@@ -159,6 +241,12 @@ func ParseTime(s string) (time.Time, error) {
 		return time.Time{}, nil
 	}
 	for _, l := range layouts {
+		// Every layout has its date-time separator at 10 and the dates are
+		// fixed-width, so a layout whose separator differs cannot match:
+		// skipping it spares a time.ParseError allocated per failed try.
+		if len(s) > 10 && s[10] != l[10] {
+			continue
+		}
 		if t, err := time.Parse(l, s); err == nil {
 			return t.UTC(), nil
 		}

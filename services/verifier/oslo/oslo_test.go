@@ -89,6 +89,12 @@ func TestParseDecodedAgrees(t *testing.T) {
 	}
 	for _, body := range bodies {
 		want, werr := Parse([]byte(body))
+		// ParseHeader, the bridge's, is Parse without the payload.
+		h, herr := ParseHeader([]byte(body))
+		if (werr == nil) != (herr == nil) || werr == nil && (h.Payload != nil || h.MessageID != want.MessageID ||
+			h.EventType != want.EventType || h.Timestamp != want.Timestamp || h.V2 != want.V2) {
+			t.Errorf("%.80s: ParseHeader %+v, %v; Parse %+v, %v", body, h, herr, want, werr)
+		}
 		got, payload, gerr := ParseDecoded([]byte(body))
 		if (werr == nil) != (gerr == nil) {
 			t.Errorf("%.80s: Parse error %v, ParseDecoded error %v", body, werr, gerr)
