@@ -2,17 +2,12 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"text/tabwriter"
 	"time"
 
-	"golang.org/x/term"
-
-	"github.com/tally-accounting/tally/pkg/config"
 	"github.com/tally-accounting/tally/services/verifier"
 )
 
@@ -52,28 +47,12 @@ Flags:
 `)
 		fs.PrintDefaults()
 	}
-	if code, ok := parseFlags(fs, args[1:], env); !ok {
+	if code, ok := loadAuditConfig(fs, &cfg, path, args[1:], env, "tally audit"); !ok {
 		return code
 	}
-	if *path == "" {
-		*path = env.getenv("TALLY_CONFIG")
-	}
-	if _, err := config.Layer(&cfg, fs, *path, env.Environ); err != nil {
-		fmt.Fprintf(env.Stderr, "tally audit: %v\n", err)
-		return 2
-	}
-	now := time.Now()
-	if *at != "" {
-		t, err := ParseTime(*at)
-		if err != nil {
-			fmt.Fprintf(env.Stderr, "tally audit: --at: %v\n", err)
-			return 2
-		}
-		now = t
-	}
-	begin, end, err := verifier.PreviousPeriod(now, *period)
+	_, begin, end, err := auditPeriod(*period, *at, "", "")
 	if err != nil {
-		fmt.Fprintf(env.Stderr, "tally audit: --period: %v\n", err)
+		fmt.Fprintf(env.Stderr, "tally audit: %v\n", err)
 		return 2
 	}
 	store, ok := openVerifierStore(ctx, &cfg, env, "tally audit")
@@ -95,13 +74,8 @@ Flags:
 		// On stderr: stdout stays the report alone, for JSON readers.
 		fmt.Fprintf(env.Stderr, "tally audit: stored as audit report %d\n", id)
 	}
-	if f, ok := env.Stdout.(*os.File); *asJSON || !ok || !term.IsTerminal(int(f.Fd())) {
-		enc := json.NewEncoder(env.Stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(report); err != nil {
-			return 1
-		}
-		return 0
+	if wantJSON(*asJSON, env.Stdout) {
+		return printJSON(env.Stdout, report)
 	}
 	printAudit(env.Stdout, report)
 	return 0
