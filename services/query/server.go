@@ -1,23 +1,18 @@
 package query
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
-	"hash/fnv"
 	"log/slog"
 	"slices"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+	"github.com/tally-accounting/tally/pkg/pagetoken"
+	"github.com/tally-accounting/tally/pkg/rpc"
 )
 
 // Limits on requests.
@@ -50,18 +45,10 @@ func newServer(store Store, h *hub, logger *slog.Logger) *Server {
 	return &Server{store: store, hub: h, logger: logger}
 }
 
-func invalid(field, format string, args ...any) error {
-	return status.Errorf(codes.InvalidArgument, "%s: %s", field, fmt.Sprintf(format, args...))
-}
+var invalid = rpc.InvalidArgument
 
-// internal hides a store error's detail from the client (it may name
-// hosts or paths) and logs it once, here.
 func (s *Server) internal(ctx context.Context, method string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return status.FromContextError(err).Err()
-	}
-	s.logger.ErrorContext(ctx, "record query failed", "method", method, "error", err)
-	return status.Errorf(codes.Internal, "%s failed; the server log has the cause", method)
+	return rpc.Internal(ctx, s.logger, "record query failed", method, err)
 }
 
 // validateFilter checks a filter; field prefixes error messages.
@@ -134,14 +121,13 @@ func (s *Server) ListRecords(ctx context.Context, req *tallyv1.ListRecordsReques
 	case size == 0:
 		size = DefaultPageSize
 	}
-	fp := fingerprint(req.GetFilter())
+	fp := pagetoken.Fingerprint(req.GetFilter())
 	var after *Cursor
 	if req.GetPageToken() != "" {
-		c, err := decodeToken(req.GetPageToken(), fp)
-		if err != nil {
+		after = new(Cursor)
+		if err := pagetoken.Decode(req.GetPageToken(), fp, after); err != nil {
 			return nil, invalid("page_token", "%v", err)
 		}
-		after = c
 	}
 	recs, next, err := s.store.List(ctx, req.GetFilter(), after, size)
 	if err != nil {
@@ -149,7 +135,7 @@ func (s *Server) ListRecords(ctx context.Context, req *tallyv1.ListRecordsReques
 	}
 	resp := &tallyv1.ListRecordsResponse{Records: recs}
 	if next != nil {
-		resp.NextPageToken = encodeToken(*next, fp)
+		resp.NextPageToken = pagetoken.Encode(*next, fp)
 	}
 	return resp, nil
 }
@@ -236,49 +222,4 @@ func (s *Server) WatchRecords(req *tallyv1.WatchRecordsRequest, stream tallyv1.R
 			}
 		}
 	}
-}
-
-// ---- page tokens ----
-
-// A page token is base64url(JSON cursor + filter fingerprint + CRC32).
-// It is not secret (a client could only page through what it may read
-// anyway); the checksum turns a damaged or edited token into a clear
-// InvalidArgument rather than a wrong page.
-type token struct {
-	Cursor
-	Filter uint64 `json:"f"`
-}
-
-func fingerprint(f *tallyv1.RecordFilter) uint64 {
-	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(f)
-	h := fnv.New64a()
-	h.Write(b)
-	return h.Sum64()
-}
-
-func encodeToken(c Cursor, fp uint64) string {
-	b, _ := json.Marshal(token{c, fp})
-	b = binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(b))
-	return base64.RawURLEncoding.EncodeToString(b)
-}
-
-func decodeToken(s string, fp uint64) (*Cursor, error) {
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 5 {
-		return nil, errors.New("malformed token")
-	}
-	body, sum := b[:len(b)-4], binary.BigEndian.Uint32(b[len(b)-4:])
-	if crc32.ChecksumIEEE(body) != sum {
-		return nil, errors.New("malformed token")
-	}
-	var t token
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&t); err != nil {
-		return nil, errors.New("malformed token")
-	}
-	if t.Filter != fp {
-		return nil, errors.New("the token belongs to a different filter")
-	}
-	return &t.Cursor, nil
 }

@@ -1,15 +1,8 @@
 package verifier
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/binary"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"hash/crc32"
-	"hash/fnv"
 	"log/slog"
 	"math"
 	"sort"
@@ -23,6 +16,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+	"github.com/tally-accounting/tally/pkg/pagetoken"
+	"github.com/tally-accounting/tally/pkg/rpc"
 )
 
 // Limits on Verification requests.
@@ -84,18 +79,10 @@ func (a *API) acquire() (stores, error) {
 	return stores{a.store, a.reports, a.records}, nil
 }
 
-func invalid(field, format string, args ...any) error {
-	return status.Errorf(codes.InvalidArgument, "%s: %s", field, fmt.Sprintf(format, args...))
-}
+var invalid = rpc.InvalidArgument
 
-// internal hides a store error's detail (paths, hosts) from the client
-// and logs it once, here.
 func (a *API) internal(ctx context.Context, method string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return status.FromContextError(err).Err()
-	}
-	a.logger.ErrorContext(ctx, "verification API call failed", "method", method, "error", err)
-	return status.Errorf(codes.Internal, "%s failed; the server log has the cause", method)
+	return rpc.Internal(ctx, a.logger, "verification API call failed", method, err)
 }
 
 func ts(t time.Time) *timestamppb.Timestamp {
@@ -217,50 +204,18 @@ func resolvePeriod(p tallyv1.AuditPeriod, at, start, end *timestamppb.Timestamp,
 	return name, b, e, nil
 }
 
-// ---- page tokens ----
-
-// A page token is base64url(JSON position + request fingerprint + CRC32),
-// as RecordQuery's: not secret, but a damaged token or one reused with
-// another filter is a clear InvalidArgument rather than a wrong page.
-type pageToken struct {
-	Pos    json.RawMessage `json:"p"`
-	Filter uint64          `json:"f"`
-}
+// ---- page tokens (pkg/pagetoken) ----
 
 // fingerprint digests a request without its paging fields.
 func fingerprint(m proto.Message, clear func(proto.Message)) uint64 {
 	c := proto.Clone(m)
 	clear(c)
-	b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(c)
-	h := fnv.New64a()
-	h.Write(b)
-	return h.Sum64()
-}
-
-func encodeToken(pos any, fp uint64) string {
-	p, _ := json.Marshal(pos)
-	b, _ := json.Marshal(pageToken{p, fp})
-	b = binary.BigEndian.AppendUint32(b, crc32.ChecksumIEEE(b))
-	return base64.RawURLEncoding.EncodeToString(b)
+	return pagetoken.Fingerprint(c)
 }
 
 func decodeToken(s string, fp uint64, pos any) error {
-	b, err := base64.RawURLEncoding.DecodeString(s)
-	if err != nil || len(b) < 5 {
-		return invalid("page_token", "malformed token")
-	}
-	body, sum := b[:len(b)-4], binary.BigEndian.Uint32(b[len(b)-4:])
-	var t pageToken
-	if crc32.ChecksumIEEE(body) != sum || json.Unmarshal(body, &t) != nil {
-		return invalid("page_token", "malformed token")
-	}
-	if t.Filter != fp {
-		return invalid("page_token", "the token belongs to a different filter")
-	}
-	dec := json.NewDecoder(bytes.NewReader(t.Pos))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(pos); err != nil {
-		return invalid("page_token", "malformed token")
+	if err := pagetoken.Decode(s, fp, pos); err != nil {
+		return invalid("page_token", "%v", err)
 	}
 	return nil
 }
@@ -369,7 +324,7 @@ func (a *API) ListFailures(ctx context.Context, req *tallyv1.ListFailuresRequest
 	if len(list) > size {
 		list = list[:size]
 		last := list[size-1]
-		resp.NextPageToken = encodeToken(FailureCursor{Service: last.Service, ID: last.ID}, fp)
+		resp.NextPageToken = pagetoken.Encode(FailureCursor{Service: last.Service, ID: last.ID}, fp)
 	}
 	for _, e := range list {
 		resp.Failures = append(resp.Failures, &tallyv1.FailedExists{Kind: kindOf(e.Service), Id: e.ID, MessageId: e.MessageID,
@@ -481,7 +436,7 @@ func (a *API) ListAudits(ctx context.Context, req *tallyv1.ListAuditsRequest) (*
 	resp := &tallyv1.ListAuditsResponse{}
 	if len(list) > size {
 		list = list[:size]
-		resp.NextPageToken = encodeToken(list[size-1].ID, fp)
+		resp.NextPageToken = pagetoken.Encode(list[size-1].ID, fp)
 	}
 	for _, st := range list {
 		r := st.Report
