@@ -124,20 +124,12 @@ func (c *BatchConsumer) processBatch(raw []jetstream.Msg) {
 	defer span.End()
 	msgs := make([]*Message, len(raw))
 	for i, msg := range raw {
-		var delivered, seq uint64 = 1, 0
-		if meta, err := msg.Metadata(); err == nil {
-			delivered, seq = meta.NumDelivered, meta.Sequence.Stream
-		}
-		hdr := msg.Headers()
-		if hdr == nil {
-			hdr = nats.Header{}
-		}
+		msgs[i] = newMessage(msg)
 		// The batch is one unit of work; each message's producer trace is
 		// linked to it rather than parenting it.
-		if sc := trace.SpanContextFromContext(c.bus.tel.Propagator.Extract(context.Background(), telemetry.HeaderCarrier(hdr))); sc.IsValid() {
+		if sc := trace.SpanContextFromContext(c.bus.tel.Propagator.Extract(context.Background(), telemetry.HeaderCarrier(msgs[i].Header))); sc.IsValid() {
 			span.AddLink(trace.Link{SpanContext: sc})
 		}
-		msgs[i] = &Message{Subject: msg.Subject(), Data: msg.Data(), Header: hdr, Delivered: delivered, Sequence: seq}
 	}
 	errs := c.handler(ctx, msgs)
 	if n := len(errs); n != len(msgs) {
@@ -149,38 +141,14 @@ func (c *BatchConsumer) processBatch(raw []jetstream.Msg) {
 	}
 	failed := 0
 	for i, msg := range raw {
-		m, herr := msgs[i], errs[i]
-		var perm *PermanentError
-		switch {
-		case herr == nil:
-			// A plain ack, not DoubleAck: the work is committed, so a lost
-			// ack only means a redelivery that the idempotent handler
-			// absorbs, and waiting for each ack's confirmation would cost
-			// a round trip per message.
-			if err := msg.Ack(); err != nil {
-				c.logger.Warn("ack failed", "subject", m.Subject, "seq", m.Sequence, "error", err)
-			}
-			c.observe(nil, false)
-		case errors.As(herr, &perm):
+		if errs[i] != nil {
 			failed++
-			if err := c.deadLetter(ctx, m, herr); err != nil {
-				c.logger.Error("dead-letter failed; will retry", "subject", m.Subject, "seq", m.Sequence, "error", err)
-				_ = msg.NakWithDelay(backoff(m.Delivered))
-				c.observe(herr, false)
-				continue
-			}
-			c.logger.Error("message dead-lettered", "subject", m.Subject, "seq", m.Sequence, "reason", herr)
-			if err := msg.Ack(); err != nil {
-				c.logger.Warn("ack failed", "subject", m.Subject, "seq", m.Sequence, "error", err)
-			}
-			c.observe(herr, true)
-		default:
-			failed++
-			d := backoff(m.Delivered)
-			c.logger.Warn("processing failed; will retry", "subject", m.Subject, "seq", m.Sequence, "delivered", m.Delivered, "retry_in", d, "error", herr)
-			_ = msg.NakWithDelay(d)
-			c.observe(herr, false)
 		}
+		// A plain ack, not DoubleAck: the work is committed, so a lost ack
+		// only means a redelivery that the idempotent handler absorbs, and
+		// waiting for each ack's confirmation would cost a round trip per
+		// message.
+		c.settle(ctx, msg, msgs[i], errs[i], msg.Ack)
 	}
 	if failed > 0 {
 		span.SetStatus(codes.Error, fmt.Sprintf("%d of %d messages failed", failed, len(raw)))

@@ -170,55 +170,67 @@ func (c *Consumer) Stop(ctx context.Context) error {
 }
 
 func (c *Consumer) process(msg jetstream.Msg) {
-	meta, err := msg.Metadata()
+	m := newMessage(msg)
+	ctx := c.bus.tel.Propagator.Extract(c.workCtx, telemetry.HeaderCarrier(m.Header))
+	ctx, span := c.bus.tracer.Start(ctx, "process "+msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.destination.name", msg.Subject()),
+			attribute.String("messaging.consumer.group.name", c.cfg.Durable),
+			attribute.Int64("messaging.nats.delivered", int64(m.Delivered)),
+		))
+	defer span.End()
+
+	herr := c.handler(ctx, m)
+	if herr != nil {
+		span.RecordError(herr)
+		span.SetStatus(codes.Error, herr.Error())
+	}
+	// DoubleAck: the work is done, and one message at a time can afford
+	// to wait for the ack's confirmation.
+	c.settle(ctx, msg, m, herr, func() error { return msg.DoubleAck(ctx) })
+}
+
+// newMessage is msg as a Handler sees it.
+func newMessage(msg jetstream.Msg) *Message {
 	var delivered, seq uint64 = 1, 0
-	if err == nil {
+	if meta, err := msg.Metadata(); err == nil {
 		delivered, seq = meta.NumDelivered, meta.Sequence.Stream
 	}
 	hdr := msg.Headers()
 	if hdr == nil {
 		hdr = nats.Header{}
 	}
-	ctx := c.bus.tel.Propagator.Extract(c.workCtx, telemetry.HeaderCarrier(hdr))
-	ctx, span := c.bus.tracer.Start(ctx, "process "+msg.Subject(), trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(
-			attribute.String("messaging.system", "nats"),
-			attribute.String("messaging.destination.name", msg.Subject()),
-			attribute.String("messaging.consumer.group.name", c.cfg.Durable),
-			attribute.Int64("messaging.nats.delivered", int64(delivered)),
-		))
-	defer span.End()
+	return &Message{Subject: msg.Subject(), Data: msg.Data(), Header: hdr, Delivered: delivered, Sequence: seq}
+}
 
-	m := &Message{Subject: msg.Subject(), Data: msg.Data(), Header: hdr, Delivered: delivered, Sequence: seq}
-	herr := c.handler(ctx, m)
+// settle acks, dead-letters or redelivers msg by its handler's answer
+// herr, as Handler documents; ack is how a done message is acked.
+func (c *Consumer) settle(ctx context.Context, msg jetstream.Msg, m *Message, herr error, ack func() error) {
 	var perm *PermanentError
 	switch {
 	case herr == nil:
-		if err := msg.DoubleAck(ctx); err != nil {
+		if err := ack(); err != nil {
 			// The work is done but the ack was lost: JetStream redelivers and
 			// the idempotent downstream answers "duplicate".
-			c.logger.Warn("ack failed", "subject", m.Subject, "seq", seq, "error", err)
+			c.logger.Warn("ack failed", "subject", m.Subject, "seq", m.Sequence, "error", err)
 		}
 		c.observe(nil, false)
 	case errors.As(herr, &perm):
-		span.RecordError(herr)
-		span.SetStatus(codes.Error, herr.Error())
 		if err := c.deadLetter(ctx, m, herr); err != nil {
-			c.logger.Error("dead-letter failed; will retry", "subject", m.Subject, "seq", seq, "error", err)
-			_ = msg.NakWithDelay(backoff(delivered))
+			c.logger.Error("dead-letter failed; will retry", "subject", m.Subject, "seq", m.Sequence, "error", err)
+			_ = msg.NakWithDelay(backoff(m.Delivered))
 			c.observe(herr, false)
 			return
 		}
-		c.logger.Error("message dead-lettered", "subject", m.Subject, "seq", seq, "reason", herr)
-		if err := msg.DoubleAck(ctx); err != nil {
-			c.logger.Warn("ack failed", "subject", m.Subject, "seq", seq, "error", err)
+		c.logger.Error("message dead-lettered", "subject", m.Subject, "seq", m.Sequence, "reason", herr)
+		if err := ack(); err != nil {
+			c.logger.Warn("ack failed", "subject", m.Subject, "seq", m.Sequence, "error", err)
 		}
 		c.observe(herr, true)
 	default:
-		span.RecordError(herr)
-		span.SetStatus(codes.Error, herr.Error())
-		d := backoff(delivered)
-		c.logger.Warn("processing failed; will retry", "subject", m.Subject, "seq", seq, "delivered", delivered, "retry_in", d, "error", herr)
+		d := backoff(m.Delivered)
+		c.logger.Warn("processing failed; will retry", "subject", m.Subject, "seq", m.Sequence, "delivered", m.Delivered, "retry_in", d, "error", herr)
 		_ = msg.NakWithDelay(d)
 		c.observe(herr, false)
 	}
