@@ -156,15 +156,7 @@ func (s *Source) computeFor(cloud *openstack.Cloud) (*gophercloud.ServiceClient,
 
 // CanListAll implements extract.Source.
 func (s *Source) CanListAll(ctx context.Context) (bool, error) {
-	err := servers.List(s.compute, servers.ListOpts{AllTenants: true, Limit: 1}).EachPage(ctx,
-		func(context.Context, pagination.Page) (bool, error) { return false, nil })
-	if err == nil {
-		return true, nil
-	}
-	if st := openstack.StatusOf(err); st == http.StatusForbidden || st == http.StatusUnauthorized {
-		return false, nil
-	}
-	return false, fmt.Errorf("probe all_tenants listing: %w", openstack.Explain(err))
+	return openstack.CanListAllServers(ctx, s.compute)
 }
 
 type vm struct {

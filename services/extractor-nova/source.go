@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"net/http"
 	"strings"
 	"time"
 
@@ -88,19 +87,9 @@ func (s *Source) Open(ctx context.Context, cloud *openstack.Cloud) error {
 	return nil
 }
 
-// CanListAll implements extract.Source: Nova refuses all_tenants (403,
-// os_compute_api:servers:detail:get_all_tenants) to who may not.
+// CanListAll implements extract.Source.
 func (s *Source) CanListAll(ctx context.Context) (bool, error) {
-	// One page only: AllPages would walk every server one at a time.
-	err := servers.List(s.compute, servers.ListOpts{AllTenants: true, Limit: 1}).EachPage(ctx,
-		func(context.Context, pagination.Page) (bool, error) { return false, nil })
-	if err == nil {
-		return true, nil
-	}
-	if st := openstack.StatusOf(err); st == http.StatusForbidden || st == http.StatusUnauthorized {
-		return false, nil
-	}
-	return false, fmt.Errorf("probe all_tenants listing: %w", openstack.Explain(err))
+	return openstack.CanListAllServers(ctx, s.compute)
 }
 
 // All implements extract.Source: the servers changed since the earliest
