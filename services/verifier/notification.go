@@ -414,6 +414,10 @@ func (o *optional[T]) UnmarshalJSON(b []byte) error {
 	if b[0] != '{' {
 		return nil
 	}
+	if v := new(T); oslo.FastUnmarshal(b, v) == nil {
+		o.v = v
+		return nil
+	}
 	o.v = new(T)
 	err := json.Unmarshal(b, o.v)
 	if _, ok := errors.AsType[*json.UnmarshalTypeError](err); ok {

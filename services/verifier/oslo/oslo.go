@@ -13,7 +13,33 @@ import (
 	"io"
 	"strings"
 	"time"
+
+	jsonv1 "github.com/go-json-experiment/json/v1"
 )
+
+// Every parse runs twice at most. The fast reading is
+// github.com/go-json-experiment/json's emulation of encoding/json, the
+// implementation behind encoding/json/v2: one pass over the bytes, where
+// encoding/json scans a value for validity before it decodes it, so each
+// notification cost two passes per decode (about a quarter of the
+// verifier's CPU). The emulation aims at encoding/json's results but is
+// not held to its exact error behaviour (which type mismatch is reported,
+// what is left decoded after one), and the verifier's readings of odd
+// payloads depend on that. So any error from the fast reading sends the
+// body to encoding/json, whose answer stands; the success path, the
+// common one, is the emulation's, which agrees with encoding/json there
+// (TestFastAgrees checks the recorded notifications and the odd cases).
+type decodeFunc func(data []byte, v any) error
+
+var (
+	fast decodeFunc = func(data []byte, v any) error { return jsonv1.Unmarshal(data, v) }
+	std  decodeFunc = json.Unmarshal
+)
+
+// FastUnmarshal is the fast reading alone, for the UnmarshalJSON methods
+// of the types ParseTyped decodes into: when it fails, they decode a fresh
+// value with encoding/json, whose answer stands.
+func FastUnmarshal(data []byte, v any) error { return fast(data, v) }
 
 // Message is one notification: the oslo.messaging v2 envelope unwrapped, or
 // the flat v1 (rpc_notifier) body StackTach expected.
@@ -43,12 +69,19 @@ func malformed(format string, args ...any) error {
 // string>"}) is unwrapped; a flat v1 body is accepted as it is. The message
 // must have an event_type.
 func Parse(body []byte) (*Message, error) {
-	inner, v2, err := unwrap(body)
+	if m, err := parse(fast, body); err == nil {
+		return m, nil
+	}
+	return parse(std, body)
+}
+
+func parse(decode decodeFunc, body []byte) (*Message, error) {
+	inner, v2, err := unwrap(decode, body)
 	if err != nil {
 		return nil, err
 	}
 	var m Message
-	if err := json.Unmarshal(inner, &m); err != nil {
+	if err := decode(inner, &m); err != nil {
 		return nil, innerError(v2, err)
 	}
 	return checked(&m, v2)
@@ -60,7 +93,7 @@ func Parse(body []byte) (*Message, error) {
 // once, where Parse and a decode of Payload would read the payload four
 // times (checked, skipped, scanned, decoded).
 func ParseDecoded(body []byte) (*Message, map[string]any, error) {
-	inner, v2, err := unwrap(body)
+	inner, v2, err := unwrap(std, body)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -93,12 +126,19 @@ func ParseDecoded(body []byte) (*Message, map[string]any, error) {
 // spares a copy of it per notification. It refuses exactly what Parse
 // refuses (Payload, a json.RawMessage, accepts any value).
 func ParseHeader(body []byte) (*Message, error) {
-	inner, v2, err := unwrap(body)
+	if m, err := parseHeader(fast, body); err == nil {
+		return m, nil
+	}
+	return parseHeader(std, body)
+}
+
+func parseHeader(decode decodeFunc, body []byte) (*Message, error) {
+	inner, v2, err := unwrap(decode, body)
 	if err != nil {
 		return nil, err
 	}
 	var h header
-	if err := json.Unmarshal(inner, &h); err != nil {
+	if err := decode(inner, &h); err != nil {
 		return nil, innerError(v2, err)
 	}
 	return checked(&h.Message, v2)
@@ -126,15 +166,20 @@ func (*skipValue) UnmarshalJSON([]byte) error { return nil }
 // such mismatch, and one outside the payload makes the message malformed,
 // so on a mismatch the (rare) strict ParseDecoded decides.
 func ParseTyped[P any](body []byte) (*Message, *P, error) {
-	inner, v2, err := unwrap(body)
+	if inner, v2, err := unwrap(fast, body); err == nil {
+		var m typed[P]
+		if err := fast(inner, &m); err == nil {
+			if msg, err := checked(&m.Message, v2); err == nil {
+				return msg, m.Payload, nil
+			}
+		}
+	}
+	inner, v2, err := unwrap(std, body)
 	if err != nil {
 		return nil, nil, err
 	}
-	var m struct {
-		Message
-		Payload *P `json:"payload"` // shadows Message.Payload
-	}
-	err = json.Unmarshal(inner, &m)
+	var m typed[P]
+	err = std(inner, &m)
 	var te *json.UnmarshalTypeError
 	if errors.As(err, &te) {
 		msg, p, err := ParseDecoded(body)
@@ -156,13 +201,19 @@ func ParseTyped[P any](body []byte) (*Message, *P, error) {
 	return msg, m.Payload, nil
 }
 
+// typed is a message with its payload decoded into a P.
+type typed[P any] struct {
+	Message
+	Payload *P `json:"payload"` // shadows Message.Payload
+}
+
 // unwrap returns the message inside a v2 envelope, or body itself.
-func unwrap(body []byte) (inner []byte, v2 bool, err error) {
+func unwrap(decode decodeFunc, body []byte) (inner []byte, v2 bool, err error) {
 	var env struct {
 		Version *string  `json:"oslo.version"`
 		Message *rawText `json:"oslo.message"`
 	}
-	if err := json.Unmarshal(body, &env); err != nil {
+	if err := decode(body, &env); err != nil {
 		return nil, false, malformed("not a JSON object: %v", err)
 	}
 	if env.Version == nil && env.Message == nil {
@@ -181,9 +232,9 @@ func unwrap(body []byte) (inner []byte, v2 bool, err error) {
 // would be unescaped into a buffer and then copied into the string, and
 // back into bytes: two copies of the whole message per notification that
 // this spares. UnmarshalText keeps the bytes it is given, though
-// encoding.TextUnmarshaler asks for a copy: json.Unmarshal hands it either
-// the buffer it unescaped into, which is not reused, or a part of the body
-// being parsed, which outlives the parse and is not written to.
+// encoding.TextUnmarshaler asks for a copy: both readings hand it either
+// the buffer they unescaped into, which is not reused, or a part of the
+// body being parsed, which outlives the parse and is not written to.
 type rawText []byte
 
 func (t *rawText) UnmarshalText(b []byte) error {

@@ -113,3 +113,81 @@ func TestParseDecodedAgrees(t *testing.T) {
 		}
 	}
 }
+
+// TestFastAgrees checks that where the fast reading succeeds, it reads
+// what encoding/json reads: the header, and a typed payload with
+// lenient and strict fields, on every recorded notification and on odd
+// bodies (duplicate keys, other letter cases, invalid UTF-8, escapes,
+// wrong types, trailing data).
+func TestFastAgrees(t *testing.T) {
+	files, err := filepath.Glob("../../../../shared/fixtures/openstack-zed/notifications/*.json")
+	if err != nil || len(files) < 100 {
+		t.Fatalf("recorded notifications missing: %d files, %v", len(files), err)
+	}
+	bodies := []string{
+		`hello`, `[1,2]`, `{"message_id":"c"}`, `{"oslo.version":"2.0"}`, `{"oslo.version":"2.0","oslo.message":"x"}`,
+		`{"oslo.version":"2.0","oslo.message":"{\"event_type\":\"e\"}","oslo.message":"{\"event_type\":\"f\"}"}`,
+		`{"OSLO.VERSION":"2.0","Oslo.Message":"{\"Event_Type\":\"e\",\"MESSAGE_ID\":\"m\"}"}`,
+		`{"event_type":"e","event_type":"f","payload":{"tenant_id":"a","tenant_id":"b"}}`,
+		"{\"event_type\":\"e\xff\",\"payload\":{\"tenant_id\":\"t\xfe\"}}",
+		`{"event_type":"e\u00e9\n","payload":{"tenant_id":"\u0074\"x","n":-1.5e3}}`,
+		`{"event_type":"e","payload":{"tenant_id":7,"n":"x","sub":{"a":1}}}`,
+		`{"event_type":"e","payload":{"tenant_id":true,"n":1,"sub":"x","list":[{"a":"1"},"x",null]}}`,
+		`{"event_type":"e","payload":null}`, `{"event_type":"e","payload":[1]}`, `{"event_type":"e","payload":"s"}`,
+		`{"event_type":"e","payload":{}} trailing`, `{"event_type":"e","payload":{}}  `, `{"event_type":"e","message_id":7}`,
+		`{"oslo.version":2,"oslo.message":"{}"}`, `{"oslo.version":"2.0","oslo.message":{"event_type":"e"}}`,
+	}
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bodies = append(bodies, string(b))
+	}
+	type sub struct {
+		A any `json:"a"`
+	}
+	type payload struct {
+		TenantID any               `json:"tenant_id"`
+		N        float64           `json:"n"`
+		Sub      *sub              `json:"sub"`
+		List     []sub             `json:"list"`
+		Meta     map[string]string `json:"image_meta"`
+	}
+	typedOK := 0
+	for _, body := range bodies {
+		if m, err := parse(fast, []byte(body)); err == nil {
+			want, werr := parse(std, []byte(body))
+			if werr != nil || !reflect.DeepEqual(m, want) {
+				t.Errorf("%.80q: fast Parse %+v, encoding/json %+v %v", body, m, want, werr)
+			}
+		}
+		if h, err := parseHeader(fast, []byte(body)); err == nil {
+			want, werr := parseHeader(std, []byte(body))
+			if werr != nil || !reflect.DeepEqual(h, want) {
+				t.Errorf("%.80q: fast ParseHeader %+v, encoding/json %+v %v", body, h, want, werr)
+			}
+		}
+		inner, v2, err := unwrap(fast, []byte(body))
+		if err != nil {
+			continue
+		}
+		winner, wv2, werr := unwrap(std, []byte(body))
+		if werr != nil || !bytes.Equal(inner, winner) || v2 != wv2 {
+			t.Errorf("%.80q: fast unwrap %q %v, encoding/json %q %v %v", body, inner, v2, winner, wv2, werr)
+			continue
+		}
+		var got, want typed[payload]
+		if err := fast(inner, &got); err != nil {
+			continue
+		}
+		if err := std(inner, &want); err != nil || !reflect.DeepEqual(got, want) {
+			t.Errorf("%.80q: fast typed %+v, encoding/json %+v %v", body, got, want, err)
+		}
+		typedOK++
+	}
+	// Not vacuous: every recorded notification takes the fast path.
+	if typedOK < len(files) {
+		t.Errorf("the fast reading decoded %d bodies, fewer than the %d recorded notifications", typedOK, len(files))
+	}
+}
