@@ -404,3 +404,46 @@ func TestStoreReports(t *testing.T) {
 		}
 	})
 }
+
+// TestSQLiteExistsBody: a body is stored beside its exists, not in the
+// row the verification passes rewrite; a row stored before that keeps its
+// body in the row and still reads it.
+func TestSQLiteExistsBody(t *testing.T) {
+	ctx := context.Background()
+	s, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "v.db"))
+	mustDo(t, err)
+	defer s.Close()
+	e := exists(func(e *InstanceExists) { e.Key, e.MessageID, e.Raw = "new", "m-new", []byte(`{"new":1}`) })
+	mustDo(t, s.AddInstanceExists(ctx, e))
+	var inRow, beside int
+	mustDo(t, s.db.QueryRowContext(ctx, `SELECT COUNT(raw) FROM instance_exists`).Scan(&inRow),
+		s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM instance_exists_raw`).Scan(&beside))
+	if inRow != 0 || beside != 1 {
+		t.Errorf("%d bodies in instance_exists, %d beside it; want 0 and 1", inRow, beside)
+	}
+	// As an older tally stored it.
+	old := exists(func(e *InstanceExists) { e.Key, e.MessageID, e.Raw = "old", "m-old", []byte(`{"old":1}`) })
+	args := existsArgs(old)
+	_, err = s.db.ExecContext(ctx, `INSERT INTO instance_exists (msg_key, message_id, event_type, versioned, instance,
+		launched_at, deleted_at, audit_begin, audit_end, tenant, instance_type_id, instance_flavor_id, flavor_name,
+		os_architecture, os_distro, os_version, rax_options, image_type, bandwidth, invalid, received, status, routing_key, raw)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
+	mustDo(t, err)
+	claimed, err := s.ClaimInstanceExists(ctx, e.AuditEnd.Add(time.Hour), 10)
+	mustDo(t, err)
+	listed, err := s.InstanceExistsList(ctx, ExistsFilter{})
+	mustDo(t, err)
+	for what, got := range map[string][]InstanceExists{"claimed": claimed, "listed": listed} {
+		if len(got) != 2 || string(got[0].Raw) != `{"new":1}` || string(got[1].Raw) != `{"old":1}` {
+			t.Errorf("%s exists: %d, bodies %q; want the new and the old body", what, len(got), bodies(got))
+		}
+	}
+}
+
+func bodies(es []InstanceExists) []string {
+	var out []string
+	for _, e := range es {
+		out = append(out, string(e.Raw))
+	}
+	return out
+}
