@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"runtime"
@@ -128,7 +127,8 @@ func BenchmarkBridgeToVerifier(b *testing.B) {
 func runBench(b *testing.B, n int, backlog bool) {
 	broker := rabbittest.Connect(b)
 	bs, _ := bustest.Start(b, nil)
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// Warnings show, so that a stall (a redelivery, a retried publish) is seen.
+	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	exchange, queue := broker.Prefix+".nova", broker.Prefix+".q"
 	bcfg := bridge.DefaultConfig()
 	bcfg.Topics = map[string][]bridge.Binding{exchange: {{Queue: queue, RoutingKey: "notifications.info", Service: "nova"}}}

@@ -113,6 +113,11 @@ type StoreConfig struct {
 	Driver string `yaml:"driver"`
 	// Path is the SQLite database file.
 	Path string `yaml:"path"`
+	// CacheMiB is SQLite's page cache per connection. The indexes on
+	// message keys and instance ids take their entries at random places,
+	// so with SQLite's default of 2 MiB a store of millions of exists
+	// reads a page from the file for most writes.
+	CacheMiB int `yaml:"cache_mib"`
 	// DSN is the PostgreSQL connection URL (postgres://user@host/db).
 	DSN config.Secret `yaml:"dsn"`
 }
@@ -127,7 +132,7 @@ func DefaultConfig() Config {
 		Rabbit: Rabbit{Host: "127.0.0.1", Port: 5672, UserID: "guest", Password: "guest", VirtualHost: "/",
 			Topics:       map[string][]string{"nova": {"notifications.info"}, "glance": {"notifications.info"}},
 			NovaExchange: "nova", GlanceExchange: "glance"},
-		Store: StoreConfig{Driver: "sqlite", Path: "var/verifier.db"},
+		Store: StoreConfig{Driver: "sqlite", Path: "var/verifier.db", CacheMiB: DefaultCacheMiB},
 		Reconciler: ReconcilerConfig{PoolSize: 4, Retry: openstack.RetryConfig{MaxAttempts: 3, BaseDelay: 500 * time.Millisecond,
 			MaxDelay: 5 * time.Second, RequestTimeout: 30 * time.Second}},
 	}
@@ -177,6 +182,8 @@ func (c Config) Validate() error {
 		return config.Errorf("store.driver", "must be sqlite or postgres, got %q", c.Store.Driver)
 	case c.Store.Driver == "sqlite" && c.Store.Path == "":
 		return config.Errorf("store.path", "is empty")
+	case c.Store.CacheMiB < 0 || c.Store.CacheMiB > 1<<16:
+		return config.Errorf("store.cache_mib", "must be between 0 (SQLite's default) and 65536, got %d", c.Store.CacheMiB)
 	case c.Store.Driver == "postgres" && c.Store.DSN == "":
 		return config.Errorf("store.dsn", "is empty (postgres://user@host:5432/database)")
 	case c.Reconcile && c.Reconciler.Client.IsZero():

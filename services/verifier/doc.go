@@ -29,7 +29,7 @@
 //	  glance_event_type: image.exists.verified
 //	  rabbit: {host: 127.0.0.1, port: 5672, userid: guest, password: guest, virtual_host: /,
 //	           topics: {nova: [notifications.info], glance: [notifications.info]}}
-//	  store: {driver: sqlite, path: var/verifier.db}
+//	  store: {driver: sqlite, path: var/verifier.db, cache_mib: 64}
 //	  # or, shared by several verifier replicas (schema migrated at start):
 //	  # store: {driver: postgres, dsn: "postgres://verifier@db:5432/verifier"}
 //	  reconcile: false         # ask Nova about exists the tracked state fails (reconcile.go)

@@ -16,7 +16,7 @@ const fixtureDir = "../../../shared/fixtures/openstack-zed/notifications"
 
 func openStore(t testing.TB) *SQLiteStore {
 	t.Helper()
-	s, err := OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "verifier.db"))
+	s, err := OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "verifier.db"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -576,7 +576,7 @@ func OpenStore(ctx context.Context, c StoreConfig) (Store, error) {
 	case "postgres":
 		return OpenPostgres(ctx, c.DSN.Reveal())
 	case "sqlite", "":
-		return OpenSQLite(ctx, c.Path)
+		return OpenSQLite(ctx, c.Path, c.CacheMiB)
 	}
 	return nil, fmt.Errorf("verifier: store.driver %q: want sqlite or postgres", c.Driver)
 }

@@ -85,8 +85,12 @@ CREATE TABLE IF NOT EXISTS instance_reconcile (
 	PRIMARY KEY (instance, launched_sec));
 `
 
-// OpenSQLite opens (creating) the database at path.
-func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
+// DefaultCacheMiB is store.cache_mib's default.
+const DefaultCacheMiB = 64
+
+// OpenSQLite opens (creating) the database at path, with a page cache of
+// cacheMiB per connection (0: SQLite's default).
+func OpenSQLite(ctx context.Context, path string, cacheMiB int) (*SQLiteStore, error) {
 	if dir := filepath.Dir(path); dir != "" {
 		if err := os.MkdirAll(dir, 0o750); err != nil {
 			return nil, fmt.Errorf("store directory: %w", err)
@@ -105,6 +109,9 @@ func OpenSQLite(ctx context.Context, path string) (*SQLiteStore, error) {
 	// the group commit below make that one fsync per hundreds of
 	// notifications, not one each.
 	dsn := path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)"
+	if cacheMiB > 0 {
+		dsn += fmt.Sprintf("&_pragma=cache_size(-%d)", cacheMiB<<10) // negative: KiB
+	}
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
@@ -709,7 +716,7 @@ const (
 	sqliteInsertExists = `INSERT OR IGNORE INTO instance_exists (msg_key, message_id, event_type, versioned, instance,
 		launched_at, deleted_at, audit_begin, audit_end, tenant, instance_type_id, instance_flavor_id, flavor_name,
 		os_architecture, os_distro, os_version, rax_options, image_type, bandwidth, invalid, received, status, routing_key)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 	sqliteInsertExistsRaw   = `INSERT INTO instance_exists_raw (id, raw) VALUES (?, ?)`
 	sqliteSelectImage       = `SELECT ` + imageCols + ` FROM image_usage WHERE uuid = ?`
 	sqliteUpsertImage       = `INSERT OR REPLACE INTO image_usage (` + imageCols + `) VALUES (?, ?, ?, ?, ?, ?)`
@@ -814,11 +821,21 @@ func (s *SQLiteStore) insertExists(ctx context.Context, tx *sql.Tx, es []Instanc
 	defer raw.Close()
 	for _, e := range es {
 		args := existsArgs(e)
-		var id int64
-		switch err := ins.QueryRowContext(ctx, args[:len(args)-1]...).Scan(&id); {
-		case errors.Is(err, sql.ErrNoRows):
+		res, err := ins.ExecContext(ctx, args[:len(args)-1]...)
+		if err != nil {
+			return err
+		}
+		// Exec, not a query with RETURNING: the driver's result rows cost
+		// more than the insert.
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
 			continue // stored before: a redelivery
-		case err != nil:
+		}
+		id, err := res.LastInsertId()
+		if err != nil {
 			return err
 		}
 		if e.Raw != nil {

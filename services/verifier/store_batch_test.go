@@ -272,7 +272,7 @@ func TestStoreLaunchesOf(t *testing.T) {
 // million exists made a claim that sorted or scanned them all the
 // slowest part of the verifier.
 func TestSQLiteClaimPlan(t *testing.T) {
-	s, err := OpenSQLite(context.Background(), t.TempDir()+"/plan.db")
+	s, err := OpenSQLite(context.Background(), t.TempDir()+"/plan.db", 0)
 	if err != nil {
 		t.Fatal(err)
 	}

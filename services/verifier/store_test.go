@@ -410,7 +410,7 @@ func TestStoreReports(t *testing.T) {
 // body in the row and still reads it.
 func TestSQLiteExistsBody(t *testing.T) {
 	ctx := context.Background()
-	s, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "v.db"))
+	s, err := OpenSQLite(ctx, filepath.Join(t.TempDir(), "v.db"), DefaultCacheMiB)
 	mustDo(t, err)
 	defer s.Close()
 	e := exists(func(e *InstanceExists) { e.Key, e.MessageID, e.Raw = "new", "m-new", []byte(`{"new":1}`) })

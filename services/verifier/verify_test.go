@@ -216,6 +216,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "driver", mutate: func(c *Config) { c.Store.Driver = "mysql" }, wantKey: "store.driver"},
 		{name: "postgres", mutate: func(c *Config) { c.Store = StoreConfig{Driver: "postgres", DSN: "postgres://db/verifier"} }},
 		{name: "postgres dsn", mutate: func(c *Config) { c.Store = StoreConfig{Driver: "postgres", Path: "x.db"} }, wantKey: "store.dsn"},
+		{name: "negative sqlite cache", mutate: func(c *Config) { c.Store.CacheMiB = -1 }, wantKey: "store.cache_mib"},
 		{name: "reconcile without credentials", mutate: func(c *Config) { c.Reconcile = true }, wantKey: "reconciler.client"},
 		{name: "reconcile without password", mutate: func(c *Config) {
 			c.Reconcile, c.Reconciler.Client = true, openstack.AuthConfig{AuthURL: "http://keystone/v3", Username: "admin"}

@@ -65,7 +65,7 @@ func crossVMs() []crossVM {
 func fillAuditStores(t *testing.T, dir string) {
 	t.Helper()
 	ctx := context.Background()
-	store, err := verifier.OpenSQLite(ctx, filepath.Join(dir, "verifier.db"))
+	store, err := verifier.OpenSQLite(ctx, filepath.Join(dir, "verifier.db"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -222,7 +222,7 @@ func TestAuditStoreAndHours(t *testing.T) {
 	if err := json.Unmarshal([]byte(stdout), &printed); err != nil {
 		t.Fatal(err)
 	}
-	store, err := verifier.OpenSQLite(t.Context(), filepath.Join(dir, "verifier.db"))
+	store, err := verifier.OpenSQLite(t.Context(), filepath.Join(dir, "verifier.db"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ import (
 func TestAudit(t *testing.T) {
 	dir := t.TempDir()
 	// An empty store, as the verifier creates it.
-	store, err := verifier.OpenSQLite(t.Context(), filepath.Join(dir, "verifier.db"))
+	store, err := verifier.OpenSQLite(t.Context(), filepath.Join(dir, "verifier.db"), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
