@@ -70,23 +70,14 @@ func TestParseTime(t *testing.T) {
 // and a separate decode of the payload, on every recorded notification
 // and on bodies Parse refuses or whose payload is not an object.
 func TestParseDecodedAgrees(t *testing.T) {
-	files, err := filepath.Glob("../../../../shared/fixtures/openstack-zed/notifications/*.json")
-	if err != nil || len(files) < 100 {
-		t.Fatalf("recorded notifications missing: %d files, %v", len(files), err)
-	}
+	recorded := recordedBodies(t)
 	bodies := []string{
 		`hello`, `[1,2]`, `{"message_id":"c"}`, `{"oslo.version":"2.0"}`, `{"oslo.version":"2.0","oslo.message":"x"}`,
 		`{"event_type":"e","payload":"an error string"}`, `{"event_type":"e","payload":null}`, `{"event_type":"e","payload":[1]}`,
 		`{"event_type":"e","payload":{"n":1.50,"s":"x"}} trailing`, `{"event_type":"e","payload":{"n":1.50,"s":"x"}}  `,
 		`{"event_type":"e","message_id":7}`, `{"Event_Type":"e","PAYLOAD":{"a":{"b":[1,"2"]}}}`,
 	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bodies = append(bodies, string(b))
-	}
+	bodies = append(bodies, recorded...)
 	for _, body := range bodies {
 		want, werr := Parse([]byte(body))
 		// ParseHeader, the bridge's, is Parse without the payload.
@@ -120,10 +111,7 @@ func TestParseDecodedAgrees(t *testing.T) {
 // bodies (duplicate keys, other letter cases, invalid UTF-8, escapes,
 // wrong types, trailing data).
 func TestFastAgrees(t *testing.T) {
-	files, err := filepath.Glob("../../../../shared/fixtures/openstack-zed/notifications/*.json")
-	if err != nil || len(files) < 100 {
-		t.Fatalf("recorded notifications missing: %d files, %v", len(files), err)
-	}
+	recorded := recordedBodies(t)
 	bodies := []string{
 		`hello`, `[1,2]`, `{"message_id":"c"}`, `{"oslo.version":"2.0"}`, `{"oslo.version":"2.0","oslo.message":"x"}`,
 		`{"oslo.version":"2.0","oslo.message":"{\"event_type\":\"e\"}","oslo.message":"{\"event_type\":\"f\"}"}`,
@@ -137,13 +125,7 @@ func TestFastAgrees(t *testing.T) {
 		`{"event_type":"e","payload":{}} trailing`, `{"event_type":"e","payload":{}}  `, `{"event_type":"e","message_id":7}`,
 		`{"oslo.version":2,"oslo.message":"{}"}`, `{"oslo.version":"2.0","oslo.message":{"event_type":"e"}}`,
 	}
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bodies = append(bodies, string(b))
-	}
+	bodies = append(bodies, recorded...)
 	type sub struct {
 		A any `json:"a"`
 	}
@@ -187,7 +169,26 @@ func TestFastAgrees(t *testing.T) {
 		typedOK++
 	}
 	// Not vacuous: every recorded notification takes the fast path.
-	if typedOK < len(files) {
-		t.Errorf("the fast reading decoded %d bodies, fewer than the %d recorded notifications", typedOK, len(files))
+	if typedOK < len(recorded) {
+		t.Errorf("the fast reading decoded %d bodies, fewer than the %d recorded notifications", typedOK, len(recorded))
 	}
+}
+
+// recordedBodies are the recorded notifications' bodies; the test fails
+// without them.
+func recordedBodies(t *testing.T) []string {
+	t.Helper()
+	files, err := filepath.Glob("../../../../shared/fixtures/openstack-zed/notifications/*.json")
+	if err != nil || len(files) < 100 {
+		t.Fatalf("recorded notifications missing: %d files, %v", len(files), err)
+	}
+	var out []string
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, string(b))
+	}
+	return out
 }
