@@ -231,16 +231,6 @@ func pgCollect[T any](rows pgx.Rows, err error, scan func(scanner) (T, error)) (
 	return out, rows.Err()
 }
 
-// ApplyUsage implements Store.
-func (s *PostgresStore) ApplyUsage(ctx context.Context, ev InstanceUsage, overwrite bool) error {
-	return s.ApplyBatch(ctx, &Batch{Usage: []UsageEvent{{Usage: ev, Overwrite: overwrite}}})
-}
-
-// AddDelete implements Store; the first delete of a launch is kept.
-func (s *PostgresStore) AddDelete(ctx context.Context, d InstanceDelete) error {
-	return s.ApplyBatch(ctx, &Batch{Deletes: []InstanceDelete{d}})
-}
-
 // Launches implements Store.
 func (s *PostgresStore) Launches(ctx context.Context, instance string) ([]InstanceUsage, error) {
 	rows, err := s.pool.Query(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE instance = $1 ORDER BY launched_sec`, instance)
@@ -298,11 +288,6 @@ func scanDelete(r scanner) (InstanceDelete, error) {
 	return d, err
 }
 
-// AddInstanceExists implements Store.
-func (s *PostgresStore) AddInstanceExists(ctx context.Context, e InstanceExists) error {
-	return s.ApplyBatch(ctx, &Batch{Exists: []InstanceExists{e}})
-}
-
 // claim marks up to limit pending rows of table whose audit period ended by
 // endingMax as verifying, oldest period first (see SQLiteStore's); rows
 // another replica is claiming are skipped.
@@ -326,11 +311,6 @@ func (s *PostgresStore) ClaimInstanceExists(ctx context.Context, endingMax time.
 		return nil, fmt.Errorf("claim exists: %w", err)
 	}
 	return out, nil
-}
-
-// FinishInstanceExists implements Store.
-func (s *PostgresStore) FinishInstanceExists(ctx context.Context, id int64, status Status, f *Failure) error {
-	return s.FinishInstanceExistsBatch(ctx, []Finished{{ID: id, Status: status, Failure: f}})
 }
 
 // FinishInstanceExistsBatch implements Store.
@@ -399,16 +379,6 @@ func (s *PostgresStore) InstanceExistsList(ctx context.Context, f ExistsFilter) 
 	return out, nil
 }
 
-// ApplyImageUsage implements Store.
-func (s *PostgresStore) ApplyImageUsage(ctx context.Context, ev ImageUsage) error {
-	return s.ApplyBatch(ctx, &Batch{ImageUsage: []ImageUsage{ev}})
-}
-
-// AddImageDelete implements Store.
-func (s *PostgresStore) AddImageDelete(ctx context.Context, d ImageDelete) error {
-	return s.ApplyBatch(ctx, &Batch{ImageDeletes: []ImageDelete{d}})
-}
-
 // ImageUsage implements Store; nil when the image is unknown.
 func (s *PostgresStore) ImageUsage(ctx context.Context, uuid string) (*ImageUsage, error) {
 	u, err := scanImage(s.pool.QueryRow(ctx, `SELECT `+imageCols+` FROM image_usage WHERE uuid = $1`, uuid))
@@ -437,11 +407,6 @@ func (s *PostgresStore) ImageDeletes(ctx context.Context, uuid string) ([]ImageD
 	return out, nil
 }
 
-// AddImageExists implements Store.
-func (s *PostgresStore) AddImageExists(ctx context.Context, e ImageExists) error {
-	return s.ApplyBatch(ctx, &Batch{ImageExists: []ImageExists{e}})
-}
-
 // ClaimImageExists implements Store.
 func (s *PostgresStore) ClaimImageExists(ctx context.Context, endingMax time.Time, limit int) ([]ImageExists, error) {
 	out, err := claim(ctx, s, "image_exists", imageExistsCols, endingMax, limit, scanImageExists, func(e ImageExists) int64 { return e.ID })
@@ -449,11 +414,6 @@ func (s *PostgresStore) ClaimImageExists(ctx context.Context, endingMax time.Tim
 		return nil, fmt.Errorf("claim image exists: %w", err)
 	}
 	return out, nil
-}
-
-// FinishImageExists implements Store.
-func (s *PostgresStore) FinishImageExists(ctx context.Context, id int64, status Status, f *Failure) error {
-	return s.FinishImageExistsBatch(ctx, []Finished{{ID: id, Status: status, Failure: f}})
 }
 
 // FinishImageExistsBatch implements Store.

@@ -265,17 +265,6 @@ func (s *SQLiteStore) exec(ctx context.Context, query string, args ...any) error
 	})
 }
 
-// ApplyUsage implements Store.
-func (s *SQLiteStore) ApplyUsage(ctx context.Context, ev InstanceUsage, overwrite bool) error {
-	return s.ApplyBatch(ctx, &Batch{Usage: []UsageEvent{{Usage: ev, Overwrite: overwrite}}})
-}
-
-// AddDelete implements Store; the first delete of a launch is kept
-// (StackTach's get_or_create).
-func (s *SQLiteStore) AddDelete(ctx context.Context, d InstanceDelete) error {
-	return s.ApplyBatch(ctx, &Batch{Deletes: []InstanceDelete{d}})
-}
-
 // Launches implements Store.
 func (s *SQLiteStore) Launches(ctx context.Context, instance string) ([]InstanceUsage, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE instance = ? ORDER BY launched_sec`, instance)
@@ -375,11 +364,6 @@ const (
 // per exists. Rows written before keep their body in instance_exists.raw.
 const existsRaw = `COALESCE(raw, (SELECT r.raw FROM instance_exists_raw r WHERE r.id = instance_exists.id))`
 
-// AddInstanceExists implements Store.
-func (s *SQLiteStore) AddInstanceExists(ctx context.Context, e InstanceExists) error {
-	return s.ApplyBatch(ctx, &Batch{Exists: []InstanceExists{e}})
-}
-
 func scanFailure(field, expected, actual, reason sql.NullString) *Failure {
 	if !reason.Valid {
 		return nil
@@ -460,11 +444,6 @@ func failArgs(f *Failure) []any {
 	return []any{f.Field, f.Expected, f.Actual, reason}
 }
 
-// FinishInstanceExists implements Store.
-func (s *SQLiteStore) FinishInstanceExists(ctx context.Context, id int64, status Status, f *Failure) error {
-	return s.FinishInstanceExistsBatch(ctx, []Finished{{ID: id, Status: status, Failure: f}})
-}
-
 // FinishInstanceExistsBatch implements Store.
 func (s *SQLiteStore) FinishInstanceExistsBatch(ctx context.Context, fs []Finished) error {
 	return s.finish(ctx, "instance_exists", fs)
@@ -520,11 +499,6 @@ func (s *SQLiteStore) InstanceExistsList(ctx context.Context, f ExistsFilter) ([
 	return collectRows(rows, scanExists)
 }
 
-// ApplyImageUsage implements Store.
-func (s *SQLiteStore) ApplyImageUsage(ctx context.Context, ev ImageUsage) error {
-	return s.ApplyBatch(ctx, &Batch{ImageUsage: []ImageUsage{ev}})
-}
-
 const imageCols = `uuid, owner, size, has_size, created_at, updated`
 
 func scanImage(r scanner) (ImageUsage, error) {
@@ -533,11 +507,6 @@ func scanImage(r scanner) (ImageUsage, error) {
 	err := r.Scan(&u.UUID, &u.Owner, &u.Size, &u.HasSize, &created, &updated)
 	u.CreatedAt, u.Updated = fromMicro(created), fromMicro(updated)
 	return u, err
-}
-
-// AddImageDelete implements Store.
-func (s *SQLiteStore) AddImageDelete(ctx context.Context, d ImageDelete) error {
-	return s.ApplyBatch(ctx, &Batch{ImageDeletes: []ImageDelete{d}})
 }
 
 // ImageUsage implements Store; nil when the image is unknown.
@@ -582,11 +551,6 @@ func scanImageExists(r scanner) (ImageExists, error) {
 	return e, err
 }
 
-// AddImageExists implements Store.
-func (s *SQLiteStore) AddImageExists(ctx context.Context, e ImageExists) error {
-	return s.ApplyBatch(ctx, &Batch{ImageExists: []ImageExists{e}})
-}
-
 // ClaimImageExists implements Store.
 func (s *SQLiteStore) ClaimImageExists(ctx context.Context, endingMax time.Time, limit int) ([]ImageExists, error) {
 	var out []ImageExists
@@ -606,11 +570,6 @@ func (s *SQLiteStore) ClaimImageExists(ctx context.Context, endingMax time.Time,
 		return nil, fmt.Errorf("claim image exists: %w", err)
 	}
 	return out, nil
-}
-
-// FinishImageExists implements Store.
-func (s *SQLiteStore) FinishImageExists(ctx context.Context, id int64, status Status, f *Failure) error {
-	return s.FinishImageExistsBatch(ctx, []Finished{{ID: id, Status: status, Failure: f}})
 }
 
 // FinishImageExistsBatch implements Store.

@@ -129,7 +129,7 @@ type ExistsFilter struct {
 	UUID string
 }
 
-// UsageEvent is one ApplyUsage in a Batch.
+// UsageEvent is one launch event in a Batch, merged per mergeUsage.
 type UsageEvent struct {
 	Usage     InstanceUsage
 	Overwrite bool
@@ -152,7 +152,8 @@ func (b *Batch) Len() int {
 	return len(b.Usage) + len(b.Deletes) + len(b.Exists) + len(b.ImageUsage) + len(b.ImageDeletes) + len(b.ImageExists)
 }
 
-// check refuses, before anything is written, what ApplyUsage refuses.
+// check refuses, before anything is written, a launch event without
+// launched_at: it has no row to merge into.
 func (b *Batch) check() error {
 	for _, ev := range b.Usage {
 		if ev.Usage.LaunchedAt.IsZero() {
@@ -173,16 +174,12 @@ type Finished struct {
 // Store keeps the tracked usage and the exists. Every write is idempotent:
 // a notification applied twice changes nothing the second time.
 type Store interface {
-	// ApplyUsage merges an event into its launch (see mergeUsage).
-	ApplyUsage(ctx context.Context, u InstanceUsage, overwrite bool) error
-	AddDelete(ctx context.Context, d InstanceDelete) error
-	// AddInstanceExists ignores an exists whose Key is known.
-	AddInstanceExists(ctx context.Context, e InstanceExists) error
 	// ApplyBatch makes every write of b in one transaction, all or none.
-	// The state it leaves is the state the single writes (ApplyUsage,
-	// AddDelete, AddInstanceExists, ApplyImageUsage, AddImageDelete,
-	// AddImageExists) leave when made one by one in b's order, so a batch
-	// applied again, whole or in part, changes nothing.
+	// It leaves what b's writes leave applied one at a time in b's order
+	// (launches merged per mergeUsage, images per mergeImage, the first
+	// delete kept as StackTach's get_or_create did, an exists whose Key is
+	// known ignored), so a batch applied again, whole or in part, changes
+	// nothing.
 	ApplyBatch(ctx context.Context, b *Batch) error
 	Launches(ctx context.Context, instance string) ([]InstanceUsage, error)
 	Deletes(ctx context.Context, instance string) ([]InstanceDelete, error)
@@ -193,19 +190,14 @@ type Store interface {
 	// ClaimInstanceExists marks up to limit pending exists whose audit
 	// period ended by endingMax as verifying and returns them.
 	ClaimInstanceExists(ctx context.Context, endingMax time.Time, limit int) ([]InstanceExists, error)
-	FinishInstanceExists(ctx context.Context, id int64, status Status, f *Failure) error
-	// FinishInstanceExistsBatch is FinishInstanceExists of each, in one
-	// transaction.
+	// FinishInstanceExistsBatch records the outcome of each exists of fs,
+	// in one transaction.
 	FinishInstanceExistsBatch(ctx context.Context, fs []Finished) error
 	InstanceExistsList(ctx context.Context, f ExistsFilter) ([]InstanceExists, error)
 
-	ApplyImageUsage(ctx context.Context, u ImageUsage) error
-	AddImageDelete(ctx context.Context, d ImageDelete) error
-	AddImageExists(ctx context.Context, e ImageExists) error
 	ImageUsage(ctx context.Context, uuid string) (*ImageUsage, error)
 	ImageDeletes(ctx context.Context, uuid string) ([]ImageDelete, error)
 	ClaimImageExists(ctx context.Context, endingMax time.Time, limit int) ([]ImageExists, error)
-	FinishImageExists(ctx context.Context, id int64, status Status, f *Failure) error
 	FinishImageExistsBatch(ctx context.Context, fs []Finished) error
 	ImageExistsList(ctx context.Context, f ExistsFilter) ([]ImageExists, error)
 
@@ -304,7 +296,7 @@ func launchKeys(events []UsageEvent) []launchKey {
 
 // foldUsage merges events, in order, into the stored launches (old, by
 // key; absent is a new launch) and returns the launches to write, in the
-// order of keys: exactly what ApplyUsage one event at a time would leave.
+// order of keys: exactly what merging one event at a time would leave.
 func foldUsage(events []UsageEvent, keys []launchKey, old map[launchKey]InstanceUsage) []InstanceUsage {
 	state := make(map[launchKey]InstanceUsage, len(keys))
 	for _, ev := range events {

@@ -43,27 +43,27 @@ func readState(t *testing.T, s Store, images []string) storeState {
 	return st
 }
 
-// applyOneByOne makes b's writes with the single-item methods, in order.
-func applyOneByOne(t *testing.T, s Store, b *Batch) {
+// applyOneByOne makes b's writes in order, each in a batch of its own,
+// so that every write reads what the one before committed.
+func applyOneByOne(t *testing.T, s Store, b Batch) {
 	t.Helper()
-	ctx := context.Background()
 	for _, ev := range b.Usage {
-		mustDo(t, s.ApplyUsage(ctx, ev.Usage, ev.Overwrite))
+		apply(t, s, Batch{Usage: []UsageEvent{ev}})
 	}
 	for _, d := range b.Deletes {
-		mustDo(t, s.AddDelete(ctx, d))
+		apply(t, s, Batch{Deletes: []InstanceDelete{d}})
 	}
 	for _, e := range b.Exists {
-		mustDo(t, s.AddInstanceExists(ctx, e))
+		apply(t, s, Batch{Exists: []InstanceExists{e}})
 	}
 	for _, u := range b.ImageUsage {
-		mustDo(t, s.ApplyImageUsage(ctx, u))
+		apply(t, s, Batch{ImageUsage: []ImageUsage{u}})
 	}
 	for _, d := range b.ImageDeletes {
-		mustDo(t, s.AddImageDelete(ctx, d))
+		apply(t, s, Batch{ImageDeletes: []ImageDelete{d}})
 	}
 	for _, e := range b.ImageExists {
-		mustDo(t, s.AddImageExists(ctx, e))
+		apply(t, s, Batch{ImageExists: []ImageExists{e}})
 	}
 }
 
@@ -145,7 +145,7 @@ func TestStoreApplyBatch(t *testing.T) {
 			eachStorePair(t, func(t *testing.T, one, batched Store) {
 				ctx := context.Background()
 				imgs := []string{batchImg, batchImg2}
-				applyOneByOne(t, one, b)
+				applyOneByOne(t, one, *b)
 				mustDo(t, batched.ApplyBatch(ctx, b))
 				want := readState(t, one, imgs)
 				if diff := cmp.Diff(want, readState(t, batched, imgs)); diff != "" {
@@ -172,7 +172,7 @@ func TestStoreApplyBatchRedeliveredLater(t *testing.T) {
 	eachStorePair(t, func(t *testing.T, one, batched Store) {
 		ctx := context.Background()
 		imgs := []string{batchImg, batchImg2}
-		applyOneByOne(t, one, &all)
+		applyOneByOne(t, one, all)
 		want := readState(t, one, imgs)
 		first := &Batch{Usage: all.Usage[:3], Deletes: all.Deletes[:2], Exists: all.Exists[:1], ImageUsage: all.ImageUsage[:1]}
 		rest := &Batch{Usage: all.Usage[3:], Deletes: all.Deletes[2:], Exists: all.Exists[1:], ImageUsage: all.ImageUsage[1:],
@@ -205,10 +205,11 @@ func TestStoreApplyBatchAllOrNothing(t *testing.T) {
 func TestStoreFinishBatch(t *testing.T) {
 	eachStore(t, func(t *testing.T, s Store) {
 		ctx := context.Background()
+		b := Batch{ImageExists: []ImageExists{{Key: "ik", MessageID: "im", Image: ImageUsage{UUID: "img"}, AuditBegin: apb, AuditEnd: ape}}}
 		for i := range 4 {
-			mustDo(t, s.AddInstanceExists(ctx, exists(func(e *InstanceExists) { e.Key = fmt.Sprint("k", i) })))
+			b.Exists = append(b.Exists, exists(func(e *InstanceExists) { e.Key = fmt.Sprint("k", i) }))
 		}
-		mustDo(t, s.AddImageExists(ctx, ImageExists{Key: "ik", MessageID: "im", Image: ImageUsage{UUID: "img"}, AuditBegin: apb, AuditEnd: ape}))
+		apply(t, s, b)
 		c, err := s.ClaimInstanceExists(ctx, ape, 10)
 		mustDo(t, err)
 		ci, err := s.ClaimImageExists(ctx, ape, 10)

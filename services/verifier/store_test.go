@@ -58,6 +58,13 @@ func mustDo(t *testing.T, errs ...error) {
 	}
 }
 
+// apply applies b to s in one ApplyBatch and fails the test if s refuses
+// it.
+func apply(t *testing.T, s Store, b Batch) {
+	t.Helper()
+	mustDo(t, s.ApplyBatch(context.Background(), &b))
+}
+
 func TestStoreUsage(t *testing.T) {
 	eachStore(t, func(t *testing.T, s Store) {
 		ctx := context.Background()
@@ -66,8 +73,8 @@ func TestStoreUsage(t *testing.T) {
 		fill := InstanceUsage{Instance: inst, LaunchedAt: l1.Truncate(time.Second), Tenant: "other", OSDistro: "debian",
 			Updated: apb.Add(-time.Hour)}
 		later := InstanceUsage{Instance: inst, LaunchedAt: l1, InstanceFlavorID: "resized", Updated: apb.Add(time.Minute)}
-		mustDo(t, s.ApplyUsage(ctx, fill, false), s.ApplyUsage(ctx, l, true), s.ApplyUsage(ctx, l, true),
-			s.ApplyUsage(ctx, later, true), s.ApplyUsage(ctx, InstanceUsage{Instance: "i2", LaunchedAt: l1, Tenant: "t2"}, false))
+		applyOneByOne(t, s, Batch{Usage: []UsageEvent{{fill, false}, {l, true}, {l, true}, {later, true},
+			{InstanceUsage{Instance: "i2", LaunchedAt: l1, Tenant: "t2"}, false}}})
 		got, err := s.Launches(ctx, inst)
 		mustDo(t, err)
 		want := mergeUsage(mergeUsage(mergeUsage(InstanceUsage{}, fill, false), l, true), later, true)
@@ -77,12 +84,12 @@ func TestStoreUsage(t *testing.T) {
 		if got[0].LaunchedAt != l1 || got[0].InstanceFlavorID != "resized" || got[0].Tenant != tenant {
 			t.Errorf("merged launch %+v: want the microseconds, the later flavor and the .end's tenant", got[0])
 		}
-		if err := s.ApplyUsage(ctx, InstanceUsage{Instance: inst}, false); err == nil {
+		if err := s.ApplyBatch(ctx, &Batch{Usage: []UsageEvent{{Usage: InstanceUsage{Instance: inst}}}}); err == nil {
 			t.Error("a launch without launched_at was stored")
 		}
 
 		d := InstanceDelete{Instance: inst, LaunchedAt: l1, DeletedAt: del1}
-		mustDo(t, s.AddDelete(ctx, d), s.AddDelete(ctx, InstanceDelete{Instance: inst, LaunchedAt: l1, DeletedAt: ape}))
+		applyOneByOne(t, s, Batch{Deletes: []InstanceDelete{d, {Instance: inst, LaunchedAt: l1, DeletedAt: ape}}})
 		dels, err := s.Deletes(ctx, inst)
 		mustDo(t, err)
 		if diff := cmp.Diff([]InstanceDelete{d}, dels); diff != "" {
@@ -113,7 +120,7 @@ func TestStoreInstanceExists(t *testing.T) {
 				e.Raw, e.Bandwidth, e.Versioned, e.DeletedAt = []byte(fmt.Sprintf(`{"n":%d}`, i)), int64(i)<<40, i%2 == 1, del1
 				e.AuditEnd = ape.Add(time.Duration(i) * time.Hour)
 			})
-			mustDo(t, s.AddInstanceExists(ctx, e), s.AddInstanceExists(ctx, e)) // the second is a duplicate
+			applyOneByOne(t, s, Batch{Exists: []InstanceExists{e, e}}) // the second is a duplicate
 			added = append(added, e)
 		}
 		// The first three have ended by ape+2h; claimed two at a time.
@@ -135,7 +142,7 @@ func TestStoreInstanceExists(t *testing.T) {
 			}
 		}
 		f := &Failure{Field: "tenant", Expected: "a", Actual: "b", Reason: strings.Repeat("r", 1200)}
-		mustDo(t, s.FinishInstanceExists(ctx, claimed[0].ID, StatusFailed, f), s.FinishInstanceExists(ctx, claimed[1].ID, StatusVerified, nil))
+		mustDo(t, s.FinishInstanceExistsBatch(ctx, []Finished{{claimed[0].ID, StatusFailed, f}, {claimed[1].ID, StatusVerified, nil}}))
 		failed, err := s.InstanceExistsList(ctx, ExistsFilter{Status: StatusFailed})
 		mustDo(t, err)
 		if len(failed) != 1 || failed[0].Failure == nil || failed[0].Failure.Field != "tenant" || len(failed[0].Failure.Reason) != 1000 {
@@ -163,9 +170,9 @@ func TestStoreImages(t *testing.T) {
 	eachStore(t, func(t *testing.T, s Store) {
 		ctx := context.Background()
 		const img = "9b000001-0000-4000-8000-000000000001"
-		mustDo(t, s.ApplyImageUsage(ctx, ImageUsage{UUID: img, Owner: "o1", CreatedAt: apb, Updated: apb}),
-			s.ApplyImageUsage(ctx, ImageUsage{UUID: img, Size: 42, HasSize: true, Updated: apb.Add(time.Minute)}),
-			s.ApplyImageUsage(ctx, ImageUsage{UUID: img, Owner: "old", Updated: apb.Add(-time.Minute)}))
+		applyOneByOne(t, s, Batch{ImageUsage: []ImageUsage{{UUID: img, Owner: "o1", CreatedAt: apb, Updated: apb},
+			{UUID: img, Size: 42, HasSize: true, Updated: apb.Add(time.Minute)},
+			{UUID: img, Owner: "old", Updated: apb.Add(-time.Minute)}}})
 		u, err := s.ImageUsage(ctx, img)
 		mustDo(t, err)
 		want := &ImageUsage{UUID: img, Owner: "o1", Size: 42, HasSize: true, CreatedAt: apb, Updated: apb.Add(time.Minute)}
@@ -175,7 +182,7 @@ func TestStoreImages(t *testing.T) {
 		if u, err := s.ImageUsage(ctx, "none"); u != nil || err != nil {
 			t.Errorf("unknown image: %v, %v", u, err)
 		}
-		mustDo(t, s.AddImageDelete(ctx, ImageDelete{UUID: img, DeletedAt: del1}), s.AddImageDelete(ctx, ImageDelete{UUID: img, DeletedAt: ape}))
+		applyOneByOne(t, s, Batch{ImageDeletes: []ImageDelete{{UUID: img, DeletedAt: del1}, {UUID: img, DeletedAt: ape}}})
 		dels, err := s.ImageDeletes(ctx, img)
 		mustDo(t, err)
 		if diff := cmp.Diff([]ImageDelete{{UUID: img, DeletedAt: del1}}, dels); diff != "" {
@@ -186,7 +193,7 @@ func TestStoreImages(t *testing.T) {
 		e.Image.Updated = time.Time{}
 		e2 := e
 		e2.Image.UUID, e2.Raw = "9b000001-0000-4000-8000-000000000002", nil
-		mustDo(t, s.AddImageExists(ctx, e), s.AddImageExists(ctx, e), s.AddImageExists(ctx, e2))
+		applyOneByOne(t, s, Batch{ImageExists: []ImageExists{e, e, e2}})
 		claimed, err := s.ClaimImageExists(ctx, ape, 10)
 		mustDo(t, err)
 		if len(claimed) != 2 {
@@ -198,8 +205,8 @@ func TestStoreImages(t *testing.T) {
 		if diff := cmp.Diff(want1, claimed[0]); diff != "" {
 			t.Errorf("claimed image exists (-want +got):\n%s", diff)
 		}
-		mustDo(t, s.FinishImageExists(ctx, claimed[0].ID, StatusFailed, &Failure{Field: "owner", Reason: "r"}),
-			s.FinishImageExists(ctx, claimed[1].ID, StatusVerified, nil))
+		mustDo(t, s.FinishImageExistsBatch(ctx, []Finished{{claimed[0].ID, StatusFailed, &Failure{Field: "owner", Reason: "r"}},
+			{claimed[1].ID, StatusVerified, nil}}))
 		list, err := s.ImageExistsList(ctx, ExistsFilter{UUID: img})
 		mustDo(t, err)
 		if len(list) != 1 || list[0].Status != StatusFailed || list[0].Failure == nil || list[0].Failure.Field != "owner" {
@@ -241,10 +248,11 @@ func TestPostgresClaimReplicas(t *testing.T) {
 	cfg := storeBackends[1].config(t)
 	ctx := context.Background()
 	const n, replicas = 300, 4
-	first := openConfigured(t, cfg)
+	var b Batch
 	for i := range n {
-		mustDo(t, first.AddInstanceExists(ctx, exists(func(e *InstanceExists) { e.Key = fmt.Sprint("k", i) })))
+		b.Exists = append(b.Exists, exists(func(e *InstanceExists) { e.Key = fmt.Sprint("k", i) }))
 	}
+	apply(t, openConfigured(t, cfg), b)
 	var mu sync.Mutex
 	seen := map[int64]int{}
 	var wg sync.WaitGroup
@@ -289,7 +297,7 @@ func TestPostgresMigrations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustDo(t, old.ApplyUsage(ctx, launch(), true), old.AddInstanceExists(ctx, exists(func(e *InstanceExists) { e.Key = "k" })))
+	apply(t, old, Batch{Usage: []UsageEvent{{launch(), true}}, Exists: []InstanceExists{exists(func(e *InstanceExists) { e.Key = "k" })}})
 	if v, err := old.SchemaVersion(ctx); v != 1 || err != nil {
 		t.Fatalf("old store at version %d (%v), want 1", v, err)
 	}
@@ -378,18 +386,18 @@ func TestStoreReports(t *testing.T) {
 			t.Errorf("nova audits %v, page before %d: %v", nova, ids[2], page)
 		}
 
+		b := Batch{ImageExists: []ImageExists{{Key: "ik", MessageID: "im", Image: ImageUsage{UUID: "img"}, AuditBegin: apb, AuditEnd: ape}}}
 		for i := range 3 {
-			mustDo(t, s.AddInstanceExists(ctx, exists(func(e *InstanceExists) { e.Key = fmt.Sprint("k", i) })))
+			b.Exists = append(b.Exists, exists(func(e *InstanceExists) { e.Key = fmt.Sprint("k", i) }))
 		}
-		mustDo(t, s.AddImageExists(ctx, ImageExists{Key: "ik", MessageID: "im", Image: ImageUsage{UUID: "img"}, AuditBegin: apb, AuditEnd: ape}))
+		apply(t, s, b)
 		ie, err := s.ClaimInstanceExists(ctx, ape, 10)
 		mustDo(t, err)
 		im, err := s.ClaimImageExists(ctx, ape, 10)
 		mustDo(t, err)
-		mustDo(t, s.FinishInstanceExists(ctx, ie[0].ID, StatusFailed, &Failure{Field: "tenant", Reason: "Tenant differs"}),
-			s.FinishInstanceExists(ctx, ie[1].ID, StatusVerified, nil),
-			s.FinishInstanceExists(ctx, ie[2].ID, StatusFailed, &Failure{Field: "launched_at", Reason: "no launch"}),
-			s.FinishImageExists(ctx, im[0].ID, StatusFailed, &Failure{Field: "owner", Reason: "owner differs"}))
+		mustDo(t, s.FinishInstanceExistsBatch(ctx, []Finished{{ie[0].ID, StatusFailed, &Failure{Field: "tenant", Reason: "Tenant differs"}},
+			{ie[1].ID, StatusVerified, nil}, {ie[2].ID, StatusFailed, &Failure{Field: "launched_at", Reason: "no launch"}}}),
+			s.FinishImageExistsBatch(ctx, []Finished{{im[0].ID, StatusFailed, &Failure{Field: "owner", Reason: "owner differs"}}}))
 		all, err := r.ListFailures(ctx, FailureFilter{}, nil, 10)
 		mustDo(t, err)
 		first, err := r.ListFailures(ctx, FailureFilter{}, nil, 2)
@@ -414,7 +422,7 @@ func TestSQLiteExistsBody(t *testing.T) {
 	mustDo(t, err)
 	defer s.Close()
 	e := exists(func(e *InstanceExists) { e.Key, e.MessageID, e.Raw = "new", "m-new", []byte(`{"new":1}`) })
-	mustDo(t, s.AddInstanceExists(ctx, e))
+	apply(t, s, Batch{Exists: []InstanceExists{e}})
 	var inRow, beside int
 	mustDo(t, s.db.QueryRowContext(ctx, `SELECT COUNT(raw) FROM instance_exists`).Scan(&inRow),
 		s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM instance_exists_raw`).Scan(&beside))
