@@ -7,12 +7,14 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 )
 
-var pgTypes = strings.NewReplacer("{int}", "BIGINT", "{real}", "DOUBLE PRECISION", "{blob}", "BYTEA", "{norowid}", "")
+var pgTypes = strings.NewReplacer("{int}", "BIGINT", "{real}", "DOUBLE PRECISION", "{blob}", "BYTEA", "{norowid}", "", "{pg}", "")
 
 // writeLock is the advisory lock every writer (and migration) of a
 // PostgreSQL store holds for its transaction: cloud deltas depend on the
@@ -265,74 +267,180 @@ func (s *pgStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
 	if err != nil {
 		return err
 	}
-	err = s.tx(ctx, func(tx pgx.Tx) error {
-		// The stored rows the batch's deltas and rollups depend on, in one
-		// round trip.
-		stored := map[vmKey][]monthRow{}
-		prior := map[string]*attrs{}
-		reads := &pgx.Batch{}
-		if len(b.vms) > 0 {
-			sites, vms := make([]string, len(b.vms)), make([]string, len(b.vms))
-			for i, k := range b.vms {
-				sites[i], vms[i] = k.site, k.vm
-			}
-			reads.Queue(pgSelectMonths, sites, vms).Query(func(rs pgx.Rows) error {
-				for rs.Next() {
-					var m monthRow
-					if err := rs.Scan(m.pointers()...); err != nil {
-						return err
-					}
-					k := vmKey{m.site, m.vm}
-					stored[k] = append(stored[k], m)
-				}
-				return rs.Err()
-			})
-		}
-		// The stored versions of records the usage rollup sums, to take
-		// them out of it where the batch replaces them.
-		if ids := b.rolledIdents(); len(ids) > 0 {
-			reads.Queue("SELECT "+strings.Join(storedColumns, ", ")+" FROM records WHERE ident = ANY($1::text[])", ids).Query(func(rs pgx.Rows) error {
-				for rs.Next() {
-					a := &attrs{}
-					if err := rs.Scan(storedAttrs(a)...); err != nil {
-						return err
-					}
-					prior[a.ident] = a
-				}
-				return rs.Err()
-			})
-		}
-		if reads.Len() > 0 {
-			if err := tx.SendBatch(ctx, reads).Close(); err != nil {
-				return err
-			}
-		}
-		// Every upsert in one round trip too.
-		writes := &pgx.Batch{}
-		queue := func(q string, args ...any) { writes.Queue(q, args...) }
-		queue(pgUpsertRecord, recordArrays(b.recs)...)
-		if rows := b.usage(prior).rows(); len(rows) > 0 {
-			queue(pgUpsertUsage, columns(len(usageColumns), rows)...)
-		}
-		winRows := make([][]any, len(b.windows))
-		for i, a := range b.windows {
-			winRows[i] = []any{a.ident, a.windowFrom, a.windowTo, a.extractedAt}
-		}
-		queue(pgUpsertWindow, columns(4, winRows)...)
-		if months, roll := b.months(stored); len(months) > 0 {
-			monRows := make([][]any, len(months))
-			for i := range months {
-				monRows[i] = months[i].values()
-			}
-			queue(pgUpsertMonth, columns(len(monthColumns), monRows)...)
-			if rows := roll.rows(); len(rows) > 0 {
-				queue(pgUpsertRollup, columns(len(rollupColumns), rows)...)
-			}
-		}
-		return tx.SendBatch(ctx, writes).Close()
-	})
-	if err != nil {
+	if err := s.tx(ctx, func(tx pgx.Tx) error { return pgWrite(ctx, tx.Conn(), b) }); err != nil {
 		return fmt.Errorf("query: write: %w", err)
 	}
 	return nil
+}
+
+// pgChunk is how many records one upsert carries. Sent as one statement,
+// a batch's records kept the server idle while the client encoded them
+// and the client idle while the server stored them; in chunks on a
+// pipeline, the server stores one while the client encodes the next.
+const pgChunk = 250
+
+var pgSelectStored = "SELECT " + strings.Join(storedColumns, ", ") + " FROM records WHERE ident = ANY($1::text[])"
+
+// pgWrite writes the batch in the transaction on conn, as one pipeline:
+// the reads of the stored rows the rollups depend on, then the records
+// (which do not depend on them), and only then, computed while the
+// server stores the records, the rollups and cloud months.
+func pgWrite(ctx context.Context, conn *pgx.Conn, b *batch) error {
+	ids := b.rolledIdents()
+	sds := map[string]*pgconn.StatementDescription{}
+	for _, q := range []string{pgSelectMonths, pgSelectStored, pgUpsertRecord, pgUpsertWindow, pgUpsertUsage, pgUpsertMonth, pgUpsertRollup} {
+		// Prepared once per connection: pgx keeps them by name.
+		sd, err := conn.Prepare(ctx, q, q)
+		if err != nil {
+			return err
+		}
+		sds[q] = sd
+	}
+	tm := conn.TypeMap()
+	p := conn.PgConn().StartPipeline(ctx)
+	// Closing a pipeline with requests not yet synced closes the
+	// connection; that happens only on an error, which the pool then
+	// replaces.
+	defer p.Close()
+	pending := 0 // statements whose results are unread
+	send := func(q string, args ...any) error {
+		sd := sds[q]
+		params := make([][]byte, len(args))
+		for i, a := range args {
+			v, err := tm.Encode(sd.ParamOIDs[i], pgtype.BinaryFormatCode, a, nil)
+			if err != nil {
+				return fmt.Errorf("%.40s...: parameter %d: %w", q, i+1, err)
+			}
+			params[i] = v
+		}
+		p.SendQueryStatement(sd, params, []int16{pgtype.BinaryFormatCode}, []int16{pgtype.BinaryFormatCode})
+		pending++
+		return p.Flush()
+	}
+	// read consumes the next result, each row decoded by row.
+	read := func(row func(decode func(dst ...any) error) error) error {
+		res, err := p.GetResults()
+		if err != nil {
+			return err
+		}
+		pending--
+		rr, ok := res.(*pgconn.ResultReader)
+		if !ok {
+			return fmt.Errorf("pipeline: unexpected %T", res)
+		}
+		fields := rr.FieldDescriptions()
+		decode := func(dst ...any) error {
+			for i, v := range rr.Values() {
+				if err := tm.Scan(fields[i].DataTypeOID, pgtype.BinaryFormatCode, v, dst[i]); err != nil {
+					return fmt.Errorf("column %s: %w", fields[i].Name, err)
+				}
+			}
+			return nil
+		}
+		for row != nil && rr.NextRow() {
+			if err := row(decode); err != nil {
+				rr.Close()
+				return err
+			}
+		}
+		_, err = rr.Close()
+		return err
+	}
+
+	if len(b.vms) > 0 {
+		sites, vms := make([]string, len(b.vms)), make([]string, len(b.vms))
+		for i, k := range b.vms {
+			sites[i], vms[i] = k.site, k.vm
+		}
+		if err := send(pgSelectMonths, sites, vms); err != nil {
+			return err
+		}
+	}
+	// The stored versions of records the usage rollup sums, to take them
+	// out of it where the batch replaces them.
+	if len(ids) > 0 {
+		if err := send(pgSelectStored, ids); err != nil {
+			return err
+		}
+	}
+	// Without this the server holds the rows read until the pipeline's
+	// sync, after every write.
+	p.SendFlushRequest()
+	for recs := b.recs; len(recs) > 0; {
+		n := min(len(recs), pgChunk)
+		if err := send(pgUpsertRecord, recordArrays(recs[:n])...); err != nil {
+			return err
+		}
+		recs = recs[n:]
+	}
+	winRows := make([][]any, len(b.windows))
+	for i, a := range b.windows {
+		winRows[i] = []any{a.ident, a.from, a.to, a.extractedAt}
+	}
+	if err := send(pgUpsertWindow, columns(4, winRows)...); err != nil {
+		return err
+	}
+
+	stored := map[vmKey][]monthRow{}
+	if len(b.vms) > 0 {
+		err := read(func(decode func(...any) error) error {
+			var m monthRow
+			if err := decode(m.pointers()...); err != nil {
+				return err
+			}
+			k := vmKey{m.site, m.vm}
+			stored[k] = append(stored[k], m)
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	prior := map[string]*attrs{}
+	if len(ids) > 0 {
+		err := read(func(decode func(...any) error) error {
+			a := &attrs{}
+			if err := decode(storedAttrs(a)...); err != nil {
+				return err
+			}
+			prior[a.ident] = a
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if rows := b.usage(prior).rows(); len(rows) > 0 {
+		if err := send(pgUpsertUsage, columns(len(usageColumns), rows)...); err != nil {
+			return err
+		}
+	}
+	if months, roll := b.months(stored); len(months) > 0 {
+		monRows := make([][]any, len(months))
+		for i := range months {
+			monRows[i] = months[i].values()
+		}
+		if err := send(pgUpsertMonth, columns(len(monthColumns), monRows)...); err != nil {
+			return err
+		}
+		if rows := roll.rows(); len(rows) > 0 {
+			if err := send(pgUpsertRollup, columns(len(rollupColumns), rows)...); err != nil {
+				return err
+			}
+		}
+	}
+	if err := p.Sync(); err != nil {
+		return err
+	}
+	for pending > 0 {
+		if err := read(nil); err != nil {
+			return err
+		}
+	}
+	if res, err := p.GetResults(); err != nil {
+		return err
+	} else if _, ok := res.(*pgconn.PipelineSync); !ok {
+		return fmt.Errorf("pipeline: unexpected %T at its end", res)
+	}
+	return p.Close()
 }

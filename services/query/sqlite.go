@@ -418,7 +418,7 @@ func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
 	}
 	rows = rows[:0]
 	for _, a := range b.windows {
-		rows = append(rows, []any{a.ident, a.windowFrom, a.windowTo, a.extractedAt})
+		rows = append(rows, []any{a.ident, a.from, a.to, a.extractedAt})
 	}
 	if err := s.chunked(ctx, tx, rows, upsertWindows); err != nil {
 		return fmt.Errorf("record_windows: %w", err)

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net/url"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 )
@@ -90,43 +92,70 @@ func parseStore(location, dataDir string) (kind, where string, err error) {
 // extraction wins, then the later in the batch), ready for one upsert.
 type batch struct {
 	recs    []attrs
-	windows []attrs // one per (ident, window)
+	windows []window // one per (ident, window)
 	vms     []vmKey
 	clouds  map[vmKey][]monthRow
 }
 
+// window is a row of record_windows.
+type window struct {
+	ident                 string
+	from, to, extractedAt int64
+}
+
+// planChunk is the fewest records worth deriving on a goroutine of
+// their own.
+const planChunk = 128
+
 func planBatch(recs []*tallyv1.Record) (*batch, error) {
-	b := &batch{clouds: map[vmKey][]monthRow{}}
-	byIdent := map[string]int{}
+	// Deriving the columns (encoding each record among them) is most of
+	// planning, and the database waits for it: it runs on every core.
+	as := make([]attrs, len(recs))
+	errs := make([]error, len(recs))
+	workers := min(runtime.GOMAXPROCS(0), (len(recs)+planChunk-1)/planChunk)
+	var wg sync.WaitGroup
+	for w := range workers {
+		lo, hi := w*len(recs)/workers, (w+1)*len(recs)/workers
+		wg.Go(func() {
+			for i := lo; i < hi; i++ {
+				as[i], errs[i] = attrsOf(recs[i])
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return nil, err // the first, as planning in order would
+		}
+	}
+	b := &batch{clouds: make(map[vmKey][]monthRow, len(recs)), recs: make([]attrs, 0, len(recs)), windows: make([]window, 0, len(recs))}
+	byIdent := make(map[string]int, len(recs))
 	type win struct {
 		ident    string
 		from, to int64
 	}
-	byWin := map[win]int{}
-	for _, r := range recs {
-		a, err := attrsOf(r)
-		if err != nil {
-			return nil, err
-		}
+	byWin := make(map[win]int, len(recs))
+	for j, r := range recs {
+		a := &as[j]
 		if i, ok := byIdent[a.ident]; !ok {
 			byIdent[a.ident] = len(b.recs)
-			b.recs = append(b.recs, a)
+			b.recs = append(b.recs, *a)
 		} else if a.extractedAt >= b.recs[i].extractedAt {
-			b.recs[i] = a
+			b.recs[i] = *a
 		}
 		w := win{a.ident, a.windowFrom, a.windowTo}
 		if i, ok := byWin[w]; !ok {
 			byWin[w] = len(b.windows)
-			b.windows = append(b.windows, a)
+			b.windows = append(b.windows, window{a.ident, a.windowFrom, a.windowTo, a.extractedAt})
 		} else if a.extractedAt > b.windows[i].extractedAt {
-			b.windows[i] = a
+			b.windows[i].extractedAt = a.extractedAt
 		}
 		if c := r.GetCloud(); c != nil {
 			k := vmKey{a.site, c.GetVmUuid()}
 			if _, ok := b.clouds[k]; !ok {
 				b.vms = append(b.vms, k)
 			}
-			b.clouds[k] = append(b.clouds[k], newMonthRow(&a, c))
+			b.clouds[k] = append(b.clouds[k], newMonthRow(a, c))
 		}
 	}
 	return b, nil

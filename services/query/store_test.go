@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -538,4 +539,87 @@ func TestSummarizeEmpty(t *testing.T) {
 			t.Errorf("Summarize on an empty store = %v, %v; want no groups", got, err)
 		}
 	})
+}
+
+// TestListByVOPages lists a common VO and a rare one, page by page,
+// against the order List promises, where many records share a start.
+func TestListByVOPages(t *testing.T) {
+	var recs []*tallyv1.Record
+	base := at("2026-01-01T00:00:00Z")
+	for i := range 1200 {
+		vo := "big"
+		if i%100 == 7 {
+			vo = "small"
+		}
+		// Starts repeat, so the identity breaks ties.
+		v := vm{id: fmt.Sprintf("vm-%04d", i), site: "S1", vo: vo, project: "p", user: "u", cpus: 1, start: base.Add(time.Duration(i%500) * time.Hour)}
+		recs = append(recs, v.cloud(base.Add(600*time.Hour), base.Add(601*time.Hour)))
+	}
+	eachStore(t, func(t *testing.T, s Store) {
+		write(t, s, recs...)
+		ctx := context.Background()
+		for _, vo := range []string{"big", "small"} {
+			var want []*tallyv1.Record
+			for _, r := range recs {
+				if r.GetCloud().GetFqan() == vo && r.GetCloud().GetStartTime().AsTime().Before(base.Add(400*time.Hour)) {
+					want = append(want, r)
+				}
+			}
+			slices.SortFunc(want, func(a, b *tallyv1.Record) int {
+				if c := b.GetCloud().GetStartTime().AsTime().Compare(a.GetCloud().GetStartTime().AsTime()); c != 0 {
+					return c
+				}
+				return strings.Compare(b.GetCloud().GetVmUuid(), a.GetCloud().GetVmUuid())
+			})
+			f := &tallyv1.RecordFilter{Vos: []string{vo}, End: ts(base.Add(400 * time.Hour))}
+			var got []*tallyv1.Record
+			var after *Cursor
+			for {
+				page, next, err := s.List(ctx, f, after, 100)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, page...)
+				if after = next; next == nil {
+					break
+				}
+			}
+			if diff := cmp.Diff(keys(want), keys(got)); diff != "" {
+				t.Errorf("List of VO %s (-want +got):\n%s", vo, diff)
+			}
+		}
+	})
+}
+
+// TestPostgresFailedWrite: a batch PostgreSQL refuses part way through
+// its pipeline leaves nothing behind, and the store goes on writing.
+func TestPostgresFailedWrite(t *testing.T) {
+	s := openAt(t, pgSchema(t))
+	ctx := context.Background()
+	f := newFixture()
+	// PostgreSQL text cannot hold NUL: the records upsert fails, after
+	// the reads and before the rollups.
+	bad := vm{id: "vm-bad", site: "S1", vo: "at\x00las", project: "pA", user: "uA", cpus: 1, start: at("2026-01-10T00:00:00Z")}
+	for range 3 {
+		if err := s.Write(ctx, []*tallyv1.Record{f.vmA1, f.acc1, bad.cloud(at("2026-01-01T00:00:00Z"), at("2026-02-01T00:00:00Z"))}); err == nil {
+			t.Fatal("a record with NUL in its VO was written")
+		}
+	}
+	if _, err := s.Get(ctx, f.vmA1.GetKey()); !errors.Is(err, ErrNotFound) {
+		t.Errorf("Get of a record of the failed batch: %v, want ErrNotFound", err)
+	}
+	f.write(t, s)
+	sum, err := s.Summarize(ctx, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := openAt(t, pgSchema(t))
+	f.write(t, fresh)
+	want, err := fresh.Summarize(ctx, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, sum, protocmp.Transform()); diff != "" {
+		t.Errorf("summary after the failed writes (-without them +with):\n%s", diff)
+	}
 }
