@@ -2,9 +2,11 @@ package query
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +24,10 @@ func benchSizes() []int {
 }
 
 const benchBatch = 1000
+
+// benchWriters is the concurrent writers of the second ingest: as many
+// as the enricher's default workers, which push batches at once.
+const benchWriters = 4
 
 var benchVOs = []string{"atlas", "cms", "lhcb", "alice", "belle", "dune", "icecube", "lsst", "ska", "virgo"}
 
@@ -63,13 +69,47 @@ func benchBatches(n int, fn func([]*tallyv1.Record) error) error {
 	return nil
 }
 
-func ingest(ctx context.Context, s Store, n int) error {
-	return benchBatches(n, func(b []*tallyv1.Record) error { return s.Write(ctx, b) })
+// ingest writes n records from writers goroutines at once: the query
+// messenger's store is written by concurrent pushes, one per enricher
+// worker (enricher.workers, 4 by default), so one batch is planned while
+// another is written. One writer is the sequential rate.
+func ingest(ctx context.Context, s Store, n, writers int) error {
+	if writers <= 1 {
+		return benchBatches(n, func(b []*tallyv1.Record) error { return s.Write(ctx, b) })
+	}
+	batches := make(chan []*tallyv1.Record, writers)
+	errs := make(chan error, writers)
+	var wg sync.WaitGroup
+	for range writers {
+		wg.Go(func() {
+			var first error
+			for b := range batches {
+				if err := s.Write(ctx, b); err != nil && first == nil {
+					first = err
+				}
+			}
+			errs <- first
+		})
+	}
+	// benchBatches reuses its slice: each writer gets a copy.
+	err := benchBatches(n, func(b []*tallyv1.Record) error {
+		batches <- slices.Clone(b)
+		return nil
+	})
+	close(batches)
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		err = errors.Join(err, e)
+	}
+	return err
 }
 
 // BenchmarkStore fills an empty store and queries it, on each backend:
 //
-//   - ingest: the upsert rate in batches of 1000 (target 20,000 records/s);
+//   - ingest: the upsert rate in batches of 1000 from one writer, and
+//     ingest-4-writers from four at once, as the enricher's workers push
+//     them (target 20,000 records/s);
 //   - list-vo-month: ListRecords' first page with a VO and month filter
 //     (target p99 < 10 ms);
 //   - summary-month-vo: SummarizeUsage by month and VO over everything
@@ -83,28 +123,34 @@ func BenchmarkStore(b *testing.B) {
 				// The store the last ingest filled, for the queries; it
 				// belongs to this benchmark, not to the ingest one.
 				var s Store
-				b.Run("ingest", func(b *testing.B) {
-					var total, cpu time.Duration
-					for range b.N {
-						b.StopTimer()
-						if s != nil {
-							s.Close()
-						}
-						s = openAt(pb, be.location(pb))
-						b.StartTimer()
-						t0, c0 := time.Now(), cpuTime()
-						if err := ingest(ctx, s, n); err != nil {
-							b.Fatal(err)
-						}
-						total += time.Since(t0)
-						cpu += cpuTime() - c0
+				for _, writers := range []int{1, benchWriters} {
+					name := "ingest"
+					if writers > 1 {
+						name = fmt.Sprintf("ingest-%d-writers", writers)
 					}
-					b.ReportMetric(float64(n*b.N)/total.Seconds(), "records/s")
-					// The machine may be shared: the rate per CPU second of
-					// this process (for PostgreSQL, without the server's
-					// share) shows what contention hides.
-					b.ReportMetric(float64(n*b.N)/cpu.Seconds(), "records/cpu-s")
-				})
+					b.Run(name, func(b *testing.B) {
+						var total, cpu time.Duration
+						for range b.N {
+							b.StopTimer()
+							if s != nil {
+								s.Close()
+							}
+							s = openAt(pb, be.location(pb))
+							b.StartTimer()
+							t0, c0 := time.Now(), cpuTime()
+							if err := ingest(ctx, s, n, writers); err != nil {
+								b.Fatal(err)
+							}
+							total += time.Since(t0)
+							cpu += cpuTime() - c0
+						}
+						b.ReportMetric(float64(n*b.N)/total.Seconds(), "records/s")
+						// The machine may be shared: the rate per CPU second of
+						// this process (for PostgreSQL, without the server's
+						// share) shows what contention hides.
+						b.ReportMetric(float64(n*b.N)/cpu.Seconds(), "records/cpu-s")
+					})
+				}
 				if s == nil {
 					b.Fatal("ingest did not run")
 				}
