@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -170,6 +171,17 @@ func attrsOf(r *tallyv1.Record) (attrs, error) {
 		a.ident = "energy" + sep + a.site + sep + c.GetExecUnitId() + sep + strconv.FormatInt(measured, 10)
 	default:
 		return reject("no payload")
+	}
+	// PostgreSQL's text cannot hold a NUL byte: refused here, on both
+	// stores, the record is rejected with the field named; refused by the
+	// server, its batch would fail as unavailable and be retried forever.
+	// The identity comes last: it is made of the fields before it.
+	for _, f := range []struct{ name, v string }{{"key", a.key}, {"region", a.region},
+		{"site", a.site}, {"project", a.project}, {"VO", a.vo}, {"local user", a.localUser},
+		{"global user", a.globalUser}, {"status", a.status}, {"identity", a.ident}} {
+		if strings.IndexByte(f.v, 0) >= 0 {
+			return reject("%s %q contains a NUL byte", f.name, f.v)
+		}
 	}
 	data, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
 	if err != nil {

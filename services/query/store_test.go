@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/testing/protocmp"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+	"github.com/tally-accounting/tally/pkg/messenger"
 )
 
 // fixture is a small, hand-checked set of records (newest start first):
@@ -472,10 +473,37 @@ func values(count int64, wall, cpu, norm float64) *tallyv1.UsageValues {
 }
 
 func TestRejected(t *testing.T) {
+	start := at("2026-01-10T00:00:00Z")
+	withNUL := func(field string) *tallyv1.Record {
+		v := vm{id: "vm-x", site: "S1", vo: "atlas", project: "pA", user: "uA", cpus: 1, start: start}
+		switch field {
+		case "VO":
+			v.vo = "at\x00las"
+		case "site":
+			v.site = "S\x001"
+		case "local user":
+			v.user = "u\x00A"
+		}
+		return v.cloud(at("2026-01-01T00:00:00Z"), at("2026-02-01T00:00:00Z"))
+	}
+	tests := []struct {
+		name, want string
+		rec        *tallyv1.Record
+	}{
+		{"cloud without VMUUID", "without VMUUID", &tallyv1.Record{Key: "cloud/x", Payload: &tallyv1.Record_Cloud{Cloud: &tallyv1.CloudRecord{}}}},
+		{"NUL in the VO", "VO", withNUL("VO")},
+		{"NUL in the site", "site", withNUL("site")},
+		{"NUL in the user", "local user", withNUL("local user")},
+	}
 	eachStore(t, func(t *testing.T, s Store) {
-		err := s.Write(context.Background(), []*tallyv1.Record{{Key: "cloud/x", Payload: &tallyv1.Record_Cloud{Cloud: &tallyv1.CloudRecord{}}}})
-		if err == nil {
-			t.Fatal("a cloud record without VMUUID was accepted")
+		for _, tt := range tests {
+			err := s.Write(context.Background(), []*tallyv1.Record{tt.rec})
+			if !errors.Is(err, messenger.ErrRejected) || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("%s: %v, want a rejection naming %q", tt.name, err, tt.want)
+			}
+		}
+		if got, _, err := s.List(context.Background(), nil, nil, 10); err != nil || len(got) != 0 {
+			t.Errorf("after the rejections the store holds %d records (%v), want none", len(got), err)
 		}
 	})
 }
@@ -597,12 +625,22 @@ func TestPostgresFailedWrite(t *testing.T) {
 	s := openAt(t, pgSchema(t))
 	ctx := context.Background()
 	f := newFixture()
-	// PostgreSQL text cannot hold NUL: the records upsert fails, after
-	// the reads and before the rollups.
-	bad := vm{id: "vm-bad", site: "S1", vo: "at\x00las", project: "pA", user: "uA", cpus: 1, start: at("2026-01-10T00:00:00Z")}
+	// A trigger refuses VO "boom": the records upsert fails, after the
+	// reads and before the rollups.
+	pg := s.(*pgStore)
+	for _, q := range []string{
+		`CREATE FUNCTION refuse_boom() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'refused by the test'; END $$`,
+		`CREATE TRIGGER refuse_boom BEFORE INSERT OR UPDATE ON records FOR EACH ROW WHEN (NEW.vo = 'boom') EXECUTE FUNCTION refuse_boom()`,
+	} {
+		if _, err := pg.pool.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := vm{id: "vm-bad", site: "S1", vo: "boom", project: "pA", user: "uA", cpus: 1, start: at("2026-01-10T00:00:00Z")}
 	for range 3 {
 		if err := s.Write(ctx, []*tallyv1.Record{f.vmA1, f.acc1, bad.cloud(at("2026-01-01T00:00:00Z"), at("2026-02-01T00:00:00Z"))}); err == nil {
-			t.Fatal("a record with NUL in its VO was written")
+			t.Fatal("a record the trigger refuses was written")
 		}
 	}
 	if _, err := s.Get(ctx, f.vmA1.GetKey()); !errors.Is(err, ErrNotFound) {
