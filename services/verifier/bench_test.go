@@ -257,22 +257,26 @@ func runBench(b *testing.B, n int, backlog bool) {
 	}
 	ingested := time.Since(start)
 	settled.Store(true)
+	// Whether any exists is left, from the pending index: CountExists
+	// reads every exists, 3% of the run's CPU at a million when polled.
+	db := v.Store().(*SQLiteStore).db
 	for {
-		counts, _, err := v.Store().CountExists(ctx)
-		if err != nil {
+		var left bool
+		if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM instance_exists INDEXED BY instance_exists_pending
+			WHERE status IN (?, ?))`, StatusPending, StatusVerifying).Scan(&left); err != nil {
 			b.Fatal(err)
 		}
-		if counts[StatusPending]+counts[StatusVerifying] == 0 {
+		if !left {
 			break
 		}
 		if time.Now().After(deadline) {
-			b.Fatalf("exists still pending: %v", counts)
+			counts, _, err := v.Store().CountExists(ctx)
+			b.Fatalf("exists still pending: %v %v", counts, err)
 		}
-		// CountExists reads every exists: asked too often, it would take
-		// a good share of the CPU the verification pass needs.
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 	}
 	took := time.Since(start)
+	cpu := cpuTime() - cpuBefore
 	counts, _, err := v.Store().CountExists(ctx)
 	if err != nil {
 		b.Fatal(err)
@@ -280,7 +284,6 @@ func runBench(b *testing.B, n int, backlog bool) {
 	if counts[StatusVerified] != n/2 {
 		b.Errorf("%d of %d exists verified: %v", counts[StatusVerified], n/2, counts)
 	}
-	cpu := cpuTime() - cpuBefore
 	runtime.ReadMemStats(&ms)
 	b.ReportMetric(float64(n)/took.Seconds(), "notifications/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(n), "cpu-µs/notification")
