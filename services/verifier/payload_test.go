@@ -152,7 +152,7 @@ func parseGlanceMap(m *oslo.Message, p object) (ev imageEvent, ok bool, err erro
 // notifications, and payloads with fields of unexpected types, as the
 // map reader did.
 func TestTypedPayloadAgrees(t *testing.T) {
-	files, err := filepath.Glob("../../../shared/fixtures/openstack-zed/notifications/*.json")
+	files, err := filepath.Glob(filepath.Join(fixtureDir, "*.json"))
 	if err != nil || len(files) < 100 {
 		t.Fatalf("recorded notifications missing: %d files, %v", len(files), err)
 	}

@@ -348,11 +348,11 @@ func jsonList(v []string) string {
 }
 
 const (
-	existsCols = existsColsBut + `raw`
+	existsCols = existsColsButRaw + `raw`
 	// sqliteExistsCols are existsCols with the body read where it is (see
 	// existsRaw).
-	sqliteExistsCols = existsColsBut + existsRaw
-	existsColsBut    = `id, msg_key, message_id, event_type, versioned, instance, launched_at, deleted_at, audit_begin, audit_end,
+	sqliteExistsCols = existsColsButRaw + existsRaw
+	existsColsButRaw = `id, msg_key, message_id, event_type, versioned, instance, launched_at, deleted_at, audit_begin, audit_end,
 	tenant, instance_type_id, instance_flavor_id, flavor_name, os_architecture, os_distro, os_version, rax_options,
 	image_type, bandwidth, invalid, received, status, fail_field, fail_expected, fail_actual, fail_reason, routing_key, `
 )

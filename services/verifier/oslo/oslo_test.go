@@ -125,6 +125,7 @@ func TestFastAgrees(t *testing.T) {
 		`{"event_type":"e","payload":{}} trailing`, `{"event_type":"e","payload":{}}  `, `{"event_type":"e","message_id":7}`,
 		`{"oslo.version":2,"oslo.message":"{}"}`, `{"oslo.version":"2.0","oslo.message":{"event_type":"e"}}`,
 	}
+	odd := len(bodies)
 	bodies = append(bodies, recorded...)
 	type sub struct {
 		A any `json:"a"`
@@ -136,8 +137,8 @@ func TestFastAgrees(t *testing.T) {
 		List     []sub             `json:"list"`
 		Meta     map[string]string `json:"image_meta"`
 	}
-	typedOK := 0
-	for _, body := range bodies {
+	fastRecorded := 0
+	for i, body := range bodies {
 		if m, err := parse(fast, []byte(body)); err == nil {
 			want, werr := parse(std, []byte(body))
 			if werr != nil || !reflect.DeepEqual(m, want) {
@@ -166,11 +167,13 @@ func TestFastAgrees(t *testing.T) {
 		if err := std(inner, &want); err != nil || !reflect.DeepEqual(got, want) {
 			t.Errorf("%.80q: fast typed %+v, encoding/json %+v %v", body, got, want, err)
 		}
-		typedOK++
+		if i >= odd {
+			fastRecorded++
+		}
 	}
 	// Not vacuous: every recorded notification takes the fast path.
-	if typedOK < len(recorded) {
-		t.Errorf("the fast reading decoded %d bodies, fewer than the %d recorded notifications", typedOK, len(recorded))
+	if fastRecorded != len(recorded) {
+		t.Errorf("the fast reading decoded %d of the %d recorded notifications", fastRecorded, len(recorded))
 	}
 }
 
