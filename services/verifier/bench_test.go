@@ -262,8 +262,8 @@ func runBench(b *testing.B, n int, backlog bool) {
 	db := v.Store().(*SQLiteStore).db
 	for {
 		var left bool
-		if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM instance_exists INDEXED BY instance_exists_pending
-			WHERE status IN (?, ?))`, StatusPending, StatusVerifying).Scan(&left); err != nil {
+		if err := db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM instance_exists INDEXED BY instance_exists_waiting
+			WHERE status = 'pending')`).Scan(&left); err != nil {
 			b.Fatal(err)
 		}
 		if !left {

@@ -8,7 +8,6 @@ import (
 	"hash/fnv"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -288,14 +287,20 @@ func scanDelete(r scanner) (InstanceDelete, error) {
 	return d, err
 }
 
-// claim marks up to limit pending rows of table whose audit period ended by
-// endingMax as verifying, oldest period first (see SQLiteStore's); rows
-// another replica is claiming are skipped.
-func claim[T any](ctx context.Context, s *PostgresStore, table, cols string, endingMax time.Time, limit int,
+// claim marks up to c.Limit pending rows of table whose audit period ended
+// by c.EndingMax, after c.After, as verifying, oldest period first (see
+// SQLiteStore's); rows another replica is claiming are skipped. cols end
+// with the body's column, read only if c.Raw.
+func claim[T any](ctx context.Context, s *PostgresStore, table, cols string, c Claim,
 	scan func(scanner) (T, error), id func(T) int64) ([]T, error) {
+	if !c.Raw {
+		cols = strings.TrimSuffix(cols, "raw") + "NULL"
+	}
 	rows, err := s.pool.Query(ctx, `UPDATE `+table+` SET status = $1 WHERE id IN (
-		SELECT id FROM `+table+` WHERE status = $2 AND audit_end <= $3 ORDER BY audit_end, id LIMIT $4 FOR UPDATE SKIP LOCKED)
-		RETURNING `+cols, string(StatusVerifying), string(StatusPending), micro(endingMax), limit)
+		SELECT id FROM `+table+` WHERE status = $2 AND audit_end <= $3 AND (audit_end, id) > ($4, $5)
+		ORDER BY audit_end, id LIMIT $6 FOR UPDATE SKIP LOCKED)
+		RETURNING `+cols, string(StatusVerifying), string(StatusPending), micro(c.EndingMax),
+		micro(c.After.AuditEnd), c.After.ID, c.Limit)
 	out, err := pgCollect(rows, err, scan)
 	if err != nil {
 		return nil, err
@@ -305,8 +310,8 @@ func claim[T any](ctx context.Context, s *PostgresStore, table, cols string, end
 }
 
 // ClaimInstanceExists implements Store.
-func (s *PostgresStore) ClaimInstanceExists(ctx context.Context, endingMax time.Time, limit int) ([]InstanceExists, error) {
-	out, err := claim(ctx, s, "instance_exists", existsCols, endingMax, limit, scanExists, func(e InstanceExists) int64 { return e.ID })
+func (s *PostgresStore) ClaimInstanceExists(ctx context.Context, c Claim) ([]InstanceExists, error) {
+	out, err := claim(ctx, s, "instance_exists", existsCols, c, scanExists, func(e InstanceExists) int64 { return e.ID })
 	if err != nil {
 		return nil, fmt.Errorf("claim exists: %w", err)
 	}
@@ -408,8 +413,8 @@ func (s *PostgresStore) ImageDeletes(ctx context.Context, uuid string) ([]ImageD
 }
 
 // ClaimImageExists implements Store.
-func (s *PostgresStore) ClaimImageExists(ctx context.Context, endingMax time.Time, limit int) ([]ImageExists, error) {
-	out, err := claim(ctx, s, "image_exists", imageExistsCols, endingMax, limit, scanImageExists, func(e ImageExists) int64 { return e.ID })
+func (s *PostgresStore) ClaimImageExists(ctx context.Context, c Claim) ([]ImageExists, error) {
+	out, err := claim(ctx, s, "image_exists", imageExistsCols, c, scanImageExists, func(e ImageExists) int64 { return e.ID })
 	if err != nil {
 		return nil, fmt.Errorf("claim image exists: %w", err)
 	}

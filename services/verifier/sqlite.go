@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS instance_exists (
 	status TEXT NOT NULL, fail_field TEXT, fail_expected TEXT, fail_actual TEXT, fail_reason TEXT,
 	routing_key TEXT NOT NULL, raw BLOB);
 CREATE TABLE IF NOT EXISTS instance_exists_raw (id INTEGER PRIMARY KEY, raw BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS instance_exists_pending ON instance_exists (status, audit_end);
+CREATE INDEX IF NOT EXISTS instance_exists_waiting ON instance_exists (audit_end, id) WHERE status = 'pending';
+DROP INDEX IF EXISTS instance_exists_pending;
 CREATE INDEX IF NOT EXISTS instance_exists_instance ON instance_exists (instance);
 CREATE TABLE IF NOT EXISTS image_usage (
 	uuid TEXT PRIMARY KEY, owner TEXT NOT NULL, size INTEGER NOT NULL, has_size INTEGER NOT NULL,
@@ -76,7 +77,8 @@ CREATE TABLE IF NOT EXISTS image_exists (
 	audit_begin INTEGER NOT NULL, audit_end INTEGER NOT NULL, received INTEGER NOT NULL,
 	status TEXT NOT NULL, fail_field TEXT, fail_expected TEXT, fail_actual TEXT, fail_reason TEXT,
 	routing_key TEXT NOT NULL, raw BLOB, UNIQUE (msg_key, uuid));
-CREATE INDEX IF NOT EXISTS image_exists_pending ON image_exists (status, audit_end);
+CREATE INDEX IF NOT EXISTS image_exists_waiting ON image_exists (audit_end, id) WHERE status = 'pending';
+DROP INDEX IF EXISTS image_exists_pending;
 CREATE TABLE IF NOT EXISTS instance_reconcile (
 	instance TEXT NOT NULL, launched_sec INTEGER NOT NULL, launched_at INTEGER NOT NULL, deleted_at INTEGER NOT NULL,
 	tenant TEXT NOT NULL, instance_type_id TEXT NOT NULL, instance_flavor_id TEXT NOT NULL, flavor_name TEXT NOT NULL,
@@ -398,38 +400,61 @@ func collectRows[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, err
 	return out, rows.Err()
 }
 
-// The claims, oldest audit periods first: see ClaimInstanceExists.
+// The claims, oldest audit periods first, each after the last one of the
+// pass: see ClaimInstanceExists. %[1]s is the body's column, %[2]s the
+// position: the rest of the cursor's audit period, then the periods after
+// it: SQLite searches a row value ((audit_end, id) > (?, ?)) on its first
+// column only, so one such claim would read past every exists of its
+// period claimed before (after an outage, a whole backlog shares one
+// period), quadratic again.
 const (
-	sqliteClaimExists = `UPDATE instance_exists SET status = ? WHERE id IN (
-		SELECT id FROM instance_exists INDEXED BY instance_exists_pending WHERE status = ? AND audit_end <= ?
-		ORDER BY audit_end, id LIMIT ?) RETURNING ` + sqliteExistsCols
-	sqliteClaimImageExists = `UPDATE image_exists SET status = ? WHERE id IN (
-		SELECT id FROM image_exists INDEXED BY image_exists_pending WHERE status = ? AND audit_end <= ?
-		ORDER BY audit_end, id LIMIT ?) RETURNING ` + imageExistsCols
+	sqliteClaimExists = `SELECT ` + existsColsButRaw + `%[1]s FROM instance_exists INDEXED BY instance_exists_waiting
+		WHERE status = 'pending' AND audit_end <= ? AND %[2]s ORDER BY audit_end, id LIMIT ?`
+	sqliteClaimImageExists = `SELECT ` + imageExistsColsButRaw + `%[1]s FROM image_exists INDEXED BY image_exists_waiting
+		WHERE status = 'pending' AND audit_end <= ? AND %[2]s ORDER BY audit_end, id LIMIT ?`
+	claimSamePeriod  = `audit_end = ? AND id > ?`
+	claimLaterPeriod = `audit_end > ?`
 )
 
-// ClaimInstanceExists implements Store. It claims the oldest audit
-// periods first, in the order of the (status, audit_end) index (rowid
-// last), so a claim reads only the rows it takes: ordered by id alone, it
-// sorted every settled exists at each claim, or walked past every one not
-// settled yet, quadratic in a backlog either way.
-func (s *SQLiteStore) ClaimInstanceExists(ctx context.Context, endingMax time.Time, limit int) ([]InstanceExists, error) {
-	var out []InstanceExists
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, sqliteClaimExists,
-			StatusVerifying, StatusPending, micro(endingMax), limit)
-		if err != nil {
-			return err
-		}
-		if out, err = collectRows(rows, scanExists); err != nil {
-			return err
-		}
-		slices.SortFunc(out, func(a, b InstanceExists) int { return cmp.Compare(a.ID, b.ID) })
-		return nil
-	})
+// claimRows runs a claim's two parts (see sqliteClaimExists) until it has
+// c.Limit rows, reading the body only if asked.
+func claimRows[T any](ctx context.Context, s *SQLiteStore, query, raw string, c Claim, scan func(scanner) (T, error)) ([]T, error) {
+	if !c.Raw {
+		raw = "NULL"
+	}
+	end := micro(c.After.AuditEnd)
+	out, err := claimPart(ctx, s, fmt.Sprintf(query, raw, claimSamePeriod), scan, micro(c.EndingMax), end, c.After.ID, c.Limit)
+	if err != nil || len(out) == c.Limit {
+		return out, err
+	}
+	rest, err := claimPart(ctx, s, fmt.Sprintf(query, raw, claimLaterPeriod), scan, micro(c.EndingMax), end, c.Limit-len(out))
+	return append(out, rest...), err
+}
+
+func claimPart[T any](ctx context.Context, s *SQLiteStore, q string, scan func(scanner) (T, error), args ...any) ([]T, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	return collectRows(rows, scan)
+}
+
+// ClaimInstanceExists implements Store. A SQLite store has one verifier,
+// whose passes take turns, so a claim only reads: marking the rows
+// verifying rewrote each exists once more, the dearest part of a pass. An
+// exists claimed and never finished (a crash) is simply still pending.
+// The claim walks the index of the pending exists in (audit_end, id)
+// order from the pass's cursor, so it reads only the rows it takes:
+// ordered by id alone, it sorted every settled exists at each claim, or
+// walked past every one not settled yet, quadratic in a backlog either
+// way. The index holds the pending exists alone (a finished one leaves
+// it), so it stays the size of the backlog, not of the history.
+func (s *SQLiteStore) ClaimInstanceExists(ctx context.Context, c Claim) ([]InstanceExists, error) {
+	out, err := claimRows(ctx, s, sqliteClaimExists, existsRaw, c, scanExists)
 	if err != nil {
 		return nil, fmt.Errorf("claim exists: %w", err)
 	}
+	slices.SortFunc(out, func(a, b InstanceExists) int { return cmp.Compare(a.ID, b.ID) })
 	return out, nil
 }
 
@@ -536,8 +561,11 @@ func (s *SQLiteStore) ImageDeletes(ctx context.Context, uuid string) ([]ImageDel
 	})
 }
 
-const imageExistsCols = `id, msg_key, message_id, uuid, owner, size, has_size, created_at, deleted_at, audit_begin, audit_end,
-	received, status, fail_field, fail_expected, fail_actual, fail_reason, routing_key, raw`
+const (
+	imageExistsCols       = imageExistsColsButRaw + `raw`
+	imageExistsColsButRaw = `id, msg_key, message_id, uuid, owner, size, has_size, created_at, deleted_at, audit_begin, audit_end,
+	received, status, fail_field, fail_expected, fail_actual, fail_reason, routing_key, `
+)
 
 func scanImageExists(r scanner) (ImageExists, error) {
 	var e ImageExists
@@ -551,24 +579,13 @@ func scanImageExists(r scanner) (ImageExists, error) {
 	return e, err
 }
 
-// ClaimImageExists implements Store.
-func (s *SQLiteStore) ClaimImageExists(ctx context.Context, endingMax time.Time, limit int) ([]ImageExists, error) {
-	var out []ImageExists
-	err := s.write(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		rows, err := tx.QueryContext(ctx, sqliteClaimImageExists,
-			StatusVerifying, StatusPending, micro(endingMax), limit)
-		if err != nil {
-			return err
-		}
-		if out, err = collectRows(rows, scanImageExists); err != nil {
-			return err
-		}
-		slices.SortFunc(out, func(a, b ImageExists) int { return cmp.Compare(a.ID, b.ID) })
-		return nil
-	})
+// ClaimImageExists implements Store, as ClaimInstanceExists.
+func (s *SQLiteStore) ClaimImageExists(ctx context.Context, c Claim) ([]ImageExists, error) {
+	out, err := claimRows(ctx, s, sqliteClaimImageExists, "raw", c, scanImageExists)
 	if err != nil {
 		return nil, fmt.Errorf("claim image exists: %w", err)
 	}
+	slices.SortFunc(out, func(a, b ImageExists) int { return cmp.Compare(a.ID, b.ID) })
 	return out, nil
 }
 

@@ -129,6 +129,41 @@ type ExistsFilter struct {
 	UUID string
 }
 
+// Claim is what one claim of a verification pass takes.
+type Claim struct {
+	// EndingMax: only exists whose audit period ended by then (now minus
+	// settle_time).
+	EndingMax time.Time
+	// After is where the pass's previous claim ended; the zero Cursor
+	// starts at the oldest period. A pass moves forward through the
+	// pending exists, so one it leaves pending (Nova could not be asked)
+	// waits for the next pass rather than being claimed again at once.
+	After Cursor
+	Limit int
+	// Raw says whether to read each exists' notification body: only
+	// verified notifications need it, and reading a kilobyte per exists
+	// was most of a claim's cost.
+	Raw bool
+}
+
+// Cursor is a position in claim order.
+type Cursor struct {
+	AuditEnd time.Time
+	ID       int64
+}
+
+// next is the position after the last of claimed, whose claim positions
+// are at(i).
+func next(after Cursor, n int, at func(i int) Cursor) Cursor {
+	for i := range n {
+		c := at(i)
+		if c.AuditEnd.After(after.AuditEnd) || c.AuditEnd.Equal(after.AuditEnd) && c.ID > after.ID {
+			after = c
+		}
+	}
+	return after
+}
+
 // UsageEvent is one launch event in a Batch, merged per mergeUsage.
 type UsageEvent struct {
 	Usage     InstanceUsage
@@ -187,9 +222,12 @@ type Store interface {
 	// instances in one query, by instance.
 	LaunchesOf(ctx context.Context, instances []string) (map[string][]InstanceUsage, error)
 	DeletesOf(ctx context.Context, instances []string) (map[string][]InstanceDelete, error)
-	// ClaimInstanceExists marks up to limit pending exists whose audit
-	// period ended by endingMax as verifying and returns them.
-	ClaimInstanceExists(ctx context.Context, endingMax time.Time, limit int) ([]InstanceExists, error)
+	// ClaimInstanceExists returns up to c.Limit pending exists whose
+	// audit period ended by c.EndingMax, after c.After in claim order
+	// (audit_end, id), in id order. A store several verifiers share marks
+	// them verifying, so that no other verifier claims them; one that a
+	// single verifier owns need not write anything (see SQLiteStore's).
+	ClaimInstanceExists(ctx context.Context, c Claim) ([]InstanceExists, error)
 	// FinishInstanceExistsBatch records the outcome of each exists of fs,
 	// in one transaction.
 	FinishInstanceExistsBatch(ctx context.Context, fs []Finished) error
@@ -197,7 +235,7 @@ type Store interface {
 
 	ImageUsage(ctx context.Context, uuid string) (*ImageUsage, error)
 	ImageDeletes(ctx context.Context, uuid string) ([]ImageDelete, error)
-	ClaimImageExists(ctx context.Context, endingMax time.Time, limit int) ([]ImageExists, error)
+	ClaimImageExists(ctx context.Context, c Claim) ([]ImageExists, error)
 	FinishImageExistsBatch(ctx context.Context, fs []Finished) error
 	ImageExistsList(ctx context.Context, f ExistsFilter) ([]ImageExists, error)
 

@@ -49,6 +49,16 @@ func eachStore(t *testing.T, fn func(t *testing.T, s Store)) {
 	}
 }
 
+// claimedStatus is the status of a claimed exists: verifying where
+// several verifiers share the store, still pending in SQLite's, whose one
+// verifier only reads its claims.
+func claimedStatus(s Store) Status {
+	if _, ok := s.(*SQLiteStore); ok {
+		return StatusPending
+	}
+	return StatusVerifying
+}
+
 func mustDo(t *testing.T, errs ...error) {
 	t.Helper()
 	for _, err := range errs {
@@ -123,23 +133,32 @@ func TestStoreInstanceExists(t *testing.T) {
 			applyOneByOne(t, s, Batch{Exists: []InstanceExists{e, e}}) // the second is a duplicate
 			added = append(added, e)
 		}
-		// The first three have ended by ape+2h; claimed two at a time.
-		c1, err := s.ClaimInstanceExists(ctx, ape.Add(2*time.Hour), 2)
-		mustDo(t, err)
-		c2, err := s.ClaimInstanceExists(ctx, ape.Add(2*time.Hour), 2)
-		mustDo(t, err)
-		c3, err := s.ClaimInstanceExists(ctx, ape.Add(2*time.Hour), 2)
-		mustDo(t, err)
+		// The first three have ended by ape+2h; claimed two at a time, as
+		// a pass does.
+		c := Claim{EndingMax: ape.Add(2 * time.Hour), Limit: 2, Raw: true}
+		var claims [][]InstanceExists
+		for range 3 {
+			got, err := s.ClaimInstanceExists(ctx, c)
+			mustDo(t, err)
+			claims = append(claims, got)
+			c.After = next(c.After, len(got), func(i int) Cursor { return Cursor{got[i].AuditEnd, got[i].ID} })
+		}
+		c1, c2, c3 := claims[0], claims[1], claims[2]
 		if len(c1) != 2 || len(c2) != 1 || len(c3) != 0 || c1[0].ID >= c1[1].ID {
 			t.Fatalf("claims of 2: %d, %d, %d exists; want 2, 1, 0 in id order", len(c1), len(c2), len(c3))
 		}
 		claimed := append(c1, c2...)
 		for i, e := range claimed {
 			want := added[i]
-			want.ID, want.Status = e.ID, StatusVerifying
+			want.ID, want.Status = e.ID, claimedStatus(s)
 			if diff := cmp.Diff(want, e); diff != "" {
 				t.Errorf("claimed exists %d (-want +got):\n%s", i, diff)
 			}
+		}
+		// Without Raw, the bodies are not read.
+		c.After, c.Raw = Cursor{}, false
+		if again, err := s.ClaimInstanceExists(ctx, c); err != nil || len(again) > 0 && again[0].Raw != nil {
+			t.Errorf("claim without bodies: %v, %+v", err, again)
 		}
 		f := &Failure{Field: "tenant", Expected: "a", Actual: "b", Reason: strings.Repeat("r", 1200)}
 		mustDo(t, s.FinishInstanceExistsBatch(ctx, []Finished{{claimed[0].ID, StatusFailed, f}, {claimed[1].ID, StatusVerified, nil}}))
@@ -152,6 +171,12 @@ func TestStoreInstanceExists(t *testing.T) {
 		mustDo(t, err)
 		if len(byUUID) != 1 || byUUID[0].ID != claimed[1].ID || byUUID[0].Failure != nil {
 			t.Errorf("verified exists of %s: %+v", inst, byUUID)
+		}
+		if sq, ok := s.(*SQLiteStore); ok {
+			// Only a SQLite store an older tally wrote has exists left
+			// verifying.
+			_, err := sq.db.ExecContext(ctx, `UPDATE instance_exists SET status = ? WHERE id = ?`, StatusVerifying, claimed[2].ID)
+			mustDo(t, err)
 		}
 		n, err := s.ResetVerifying(ctx)
 		mustDo(t, err)
@@ -194,13 +219,13 @@ func TestStoreImages(t *testing.T) {
 		e2 := e
 		e2.Image.UUID, e2.Raw = "9b000001-0000-4000-8000-000000000002", nil
 		applyOneByOne(t, s, Batch{ImageExists: []ImageExists{e, e, e2}})
-		claimed, err := s.ClaimImageExists(ctx, ape, 10)
+		claimed, err := s.ClaimImageExists(ctx, Claim{EndingMax: ape, Limit: 10, Raw: true})
 		mustDo(t, err)
 		if len(claimed) != 2 {
 			t.Fatalf("claimed %d image exists, want 2", len(claimed))
 		}
 		want1 := e
-		want1.ID, want1.Status = claimed[0].ID, StatusVerifying
+		want1.ID, want1.Status = claimed[0].ID, claimedStatus(s)
 		want1.Image.Size, want1.Image.HasSize = 42, true
 		if diff := cmp.Diff(want1, claimed[0]); diff != "" {
 			t.Errorf("claimed image exists (-want +got):\n%s", diff)
@@ -260,7 +285,7 @@ func TestPostgresClaimReplicas(t *testing.T) {
 		s := openConfigured(t, cfg)
 		wg.Go(func() {
 			for {
-				batch, err := s.ClaimInstanceExists(ctx, ape, 7)
+				batch, err := s.ClaimInstanceExists(ctx, Claim{EndingMax: ape, Limit: 7})
 				if err != nil {
 					t.Error(err)
 					return
@@ -391,9 +416,9 @@ func TestStoreReports(t *testing.T) {
 			b.Exists = append(b.Exists, exists(func(e *InstanceExists) { e.Key = fmt.Sprint("k", i) }))
 		}
 		apply(t, s, b)
-		ie, err := s.ClaimInstanceExists(ctx, ape, 10)
+		ie, err := s.ClaimInstanceExists(ctx, Claim{EndingMax: ape, Limit: 10})
 		mustDo(t, err)
-		im, err := s.ClaimImageExists(ctx, ape, 10)
+		im, err := s.ClaimImageExists(ctx, Claim{EndingMax: ape, Limit: 10})
 		mustDo(t, err)
 		mustDo(t, s.FinishInstanceExistsBatch(ctx, []Finished{{ie[0].ID, StatusFailed, &Failure{Field: "tenant", Reason: "Tenant differs"}},
 			{ie[1].ID, StatusVerified, nil}, {ie[2].ID, StatusFailed, &Failure{Field: "launched_at", Reason: "no launch"}}}),
@@ -437,7 +462,7 @@ func TestSQLiteExistsBody(t *testing.T) {
 		os_architecture, os_distro, os_version, rax_options, image_type, bandwidth, invalid, received, status, routing_key, raw)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
 	mustDo(t, err)
-	claimed, err := s.ClaimInstanceExists(ctx, e.AuditEnd.Add(time.Hour), 10)
+	claimed, err := s.ClaimInstanceExists(ctx, Claim{EndingMax: e.AuditEnd.Add(time.Hour), Limit: 10, Raw: true})
 	mustDo(t, err)
 	listed, err := s.InstanceExistsList(ctx, ExistsFilter{})
 	mustDo(t, err)

@@ -366,12 +366,14 @@ func (v *Verifier) VerifyPending(ctx context.Context) (PassResult, error) {
 		}
 	}
 	instances := kind[InstanceExists]{name: "instance", claim: v.store.ClaimInstanceExists, prepare: v.instanceVerifier,
-		finish: v.store.FinishInstanceExistsBatch, id: func(e InstanceExists) (int64, string) { return e.ID, e.MessageID }}
+		finish: v.store.FinishInstanceExistsBatch, id: func(e InstanceExists) (int64, string) { return e.ID, e.MessageID },
+		pos: func(e InstanceExists) Cursor { return Cursor{AuditEnd: e.AuditEnd, ID: e.ID} }}
 	if err := drain(ctx, v, endingMax, instances, count); err != nil {
 		return res, err
 	}
 	images := kind[ImageExists]{name: "image", claim: v.store.ClaimImageExists, prepare: v.imageVerifier,
-		finish: v.store.FinishImageExistsBatch, id: func(e ImageExists) (int64, string) { return e.ID, e.MessageID }}
+		finish: v.store.FinishImageExistsBatch, id: func(e ImageExists) (int64, string) { return e.ID, e.MessageID },
+		pos: func(e ImageExists) Cursor { return Cursor{AuditEnd: e.AuditEnd, ID: e.ID} }}
 	if err := drain(ctx, v, endingMax, images, count); err != nil {
 		return res, err
 	}
@@ -482,7 +484,7 @@ func (v *Verifier) imageVerifier(context.Context, []ImageExists) (func(context.C
 // kind is how a pass claims, checks and finishes one kind of exists.
 type kind[E any] struct {
 	name  string
-	claim func(context.Context, time.Time, int) ([]E, error)
+	claim func(context.Context, Claim) ([]E, error)
 	// prepare reads what the checks of a claimed batch need and returns
 	// the check of one exists. The check sends the verified notification
 	// before the exists is marked: a crash in between re-verifies and
@@ -491,6 +493,7 @@ type kind[E any] struct {
 	prepare func(context.Context, []E) (func(context.Context, E) (*Failure, error), error)
 	finish  func(context.Context, []Finished) error
 	id      func(E) (int64, string)
+	pos     func(E) Cursor
 }
 
 // drain claims pending exists of one kind a batch at a time, checks each
@@ -499,8 +502,8 @@ type kind[E any] struct {
 // verifying are put back to pending at the next start, as after a crash;
 // the others of the batch are finished first.
 func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time, k kind[E], count func(*Failure)) (err error) {
-	// Deferred exists (Nova unreachable) stay verifying, so this pass
-	// does not claim them again, and go back to pending when it ends.
+	// Deferred exists (Nova unreachable) go back to pending when the pass
+	// ends; the pass's claims move past them meanwhile.
 	var deferredMu sync.Mutex
 	var deferred []Finished
 	defer func() {
@@ -513,14 +516,16 @@ func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time, k kind[
 		}
 		v.logger.Info("exists deferred to the next pass", "kind", k.name, "count", len(deferred))
 	}()
+	c := Claim{EndingMax: endingMax, Limit: v.cfg.BatchSize, Raw: v.notifier != nil}
 	for {
-		batch, err := k.claim(ctx, endingMax, v.cfg.BatchSize)
+		batch, err := k.claim(ctx, c)
 		if err != nil {
 			return err
 		}
 		if len(batch) == 0 {
 			return nil
 		}
+		c.After = next(c.After, len(batch), func(i int) Cursor { return k.pos(batch[i]) })
 		check, err := k.prepare(ctx, batch)
 		if err != nil {
 			return err
