@@ -141,8 +141,8 @@ type Claim struct {
 	After Cursor
 	Limit int
 	// Raw says whether to read each exists' notification body: only
-	// verified notifications need it, and reading a kilobyte per exists
-	// was most of a claim's cost.
+	// verified notifications need it, and at a kilobyte or more it is
+	// most of what a claim would read.
 	Raw bool
 }
 
@@ -152,8 +152,8 @@ type Cursor struct {
 	ID       int64
 }
 
-// next is the position after the last of claimed, whose claim positions
-// are at(i).
+// next is where a pass goes on after claiming n exists at positions
+// at(i): the furthest of them and after.
 func next(after Cursor, n int, at func(i int) Cursor) Cursor {
 	for i := range n {
 		c := at(i)
