@@ -3,6 +3,7 @@ package query
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -107,74 +108,82 @@ func TestMigrations(t *testing.T) {
 	}
 }
 
-// TestMigrationFromV4 upgrades a store written at version 4, whose
-// PostgreSQL text compared under the database's collation: reads give
-// what they gave, and writes go on from the stored rows.
+// TestMigrationFromV4 upgrades stores written at version 4, whose
+// PostgreSQL text compared under the database's collation, and at
+// version 5, whose SQLite records had no seq nor bucket indexes: reads
+// give what they gave, and writes go on from the stored rows.
 func TestMigrationFromV4(t *testing.T) {
-	ctx := context.Background()
-	f := newFixture()
 	filters := []*tallyv1.RecordFilter{
 		nil,
 		{Vos: []string{"atlas"}},
 		{Vos: []string{"cms", "atlas"}, Start: ts(at("2026-02-10T00:00:00Z")), End: ts(at("2026-03-01T00:00:00Z"))},
 		{ProjectIds: []string{"pA"}},
+		{Vos: []string{"cms", "atlas"}},
+		{Start: ts(at("2026-02-10T00:00:00Z"))},
 	}
 	for _, b := range backends {
-		t.Run(b.name, func(t *testing.T) {
-			loc := b.location(t)
-			old, err := openStore(ctx, loc, "", 4, DefaultCacheMiB)
-			if err != nil {
-				t.Fatal(err)
-			}
-			write(t, old, f.vmA1, f.acc1)
-			var lists [][]string
-			for _, flt := range filters {
-				got, _, err := old.List(ctx, flt, nil, 100)
-				if err != nil {
-					t.Fatal(err)
-				}
-				lists = append(lists, keys(got))
-			}
-			old.Close()
+		for _, from := range []int{4, 5} {
+			t.Run(fmt.Sprintf("%s/v%d", b.name, from), func(t *testing.T) { upgradeFrom(t, b, from, filters) })
+		}
+	}
+}
 
-			s := openAt(t, loc)
-			if v, err := s.SchemaVersion(ctx); err != nil || v != len(migrations) {
-				t.Fatalf("upgraded store at version %d (%v), want %d", v, err, len(migrations))
-			}
-			for i, flt := range filters {
-				got, _, err := s.List(ctx, flt, nil, 100)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if diff := cmp.Diff(lists[i], keys(got)); diff != "" {
-					t.Errorf("List(%v) after the upgrade (-before +after):\n%s", flt, diff)
-				}
-			}
-			// vm-a's second month takes its delta from the first, written
-			// before the upgrade; acc1's redelivery is not counted twice.
-			f.write(t, s)
-			write(t, s, f.acc1)
-			sum, err := s.Summarize(ctx, &tallyv1.RecordFilter{Vos: []string{"atlas"}}, []tallyv1.UsageGroupBy{tallyv1.UsageGroupBy_USAGE_GROUP_BY_MONTH})
-			if err != nil {
-				t.Fatal(err)
-			}
-			fresh := openAt(t, b.location(t))
-			f.write(t, fresh)
-			want, err := fresh.Summarize(ctx, &tallyv1.RecordFilter{Vos: []string{"atlas"}}, []tallyv1.UsageGroupBy{tallyv1.UsageGroupBy_USAGE_GROUP_BY_MONTH})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(want, sum, protocmp.Transform()); diff != "" {
-				t.Errorf("summary of the upgraded store (-fresh store +upgraded):\n%s", diff)
-			}
-			got, _, err := s.List(ctx, &tallyv1.RecordFilter{Vos: []string{"atlas"}}, nil, 100)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(keys([]*tallyv1.Record{f.vmC, f.ip, f.stor, f.acc2, f.vmA2, f.acc1}), keys(got)); diff != "" {
-				t.Errorf("List by VO after writes (-want +got):\n%s", diff)
-			}
-		})
+// upgradeFrom is TestMigrationFromV4 for a store written at version from.
+func upgradeFrom(t *testing.T, b backend, from int, filters []*tallyv1.RecordFilter) {
+	ctx := context.Background()
+	f := newFixture()
+	loc := b.location(t)
+	old, err := openStore(ctx, loc, "", from, DefaultCacheMiB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write(t, old, f.vmA1, f.acc1)
+	var lists [][]string
+	for _, flt := range filters {
+		got, _, err := old.List(ctx, flt, nil, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lists = append(lists, keys(got))
+	}
+	old.Close()
+
+	s := openAt(t, loc)
+	if v, err := s.SchemaVersion(ctx); err != nil || v != len(migrations) {
+		t.Fatalf("upgraded store at version %d (%v), want %d", v, err, len(migrations))
+	}
+	for i, flt := range filters {
+		got, _, err := s.List(ctx, flt, nil, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(lists[i], keys(got)); diff != "" {
+			t.Errorf("List(%v) after the upgrade (-before +after):\n%s", flt, diff)
+		}
+	}
+	// vm-a's second month takes its delta from the first, written
+	// before the upgrade; acc1's redelivery is not counted twice.
+	f.write(t, s)
+	write(t, s, f.acc1)
+	sum, err := s.Summarize(ctx, &tallyv1.RecordFilter{Vos: []string{"atlas"}}, []tallyv1.UsageGroupBy{tallyv1.UsageGroupBy_USAGE_GROUP_BY_MONTH})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := openAt(t, b.location(t))
+	f.write(t, fresh)
+	want, err := fresh.Summarize(ctx, &tallyv1.RecordFilter{Vos: []string{"atlas"}}, []tallyv1.UsageGroupBy{tallyv1.UsageGroupBy_USAGE_GROUP_BY_MONTH})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(want, sum, protocmp.Transform()); diff != "" {
+		t.Errorf("summary of the upgraded store (-fresh store +upgraded):\n%s", diff)
+	}
+	got, _, err := s.List(ctx, &tallyv1.RecordFilter{Vos: []string{"atlas"}}, nil, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(keys([]*tallyv1.Record{f.vmC, f.ip, f.stor, f.acc2, f.vmA2, f.acc1}), keys(got)); diff != "" {
+		t.Errorf("List by VO after writes (-want +got):\n%s", diff)
 	}
 }
 

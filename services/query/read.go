@@ -26,6 +26,8 @@ type querier func(ctx context.Context, q string, args ...any) (rows, error)
 type reader struct {
 	d     dialect
 	query querier
+	// buckets: List walks SQLite's bucket indexes (schema version 6).
+	buckets bool
 }
 
 // cond is a WHERE clause under construction.
@@ -128,12 +130,19 @@ func decode(data []byte) (*tallyv1.Record, error) {
 }
 
 func (r *reader) List(ctx context.Context, f *tallyv1.RecordFilter, after *Cursor, limit int) ([]*tallyv1.Record, *Cursor, error) {
-	c := where(f, f.GetTypes(), "start_ts", "end_ts")
-	if after != nil {
-		c.add("(start_ts < ? OR (start_ts = ? AND ident < ?))", after.Start, after.Start, after.Ident)
+	var q string
+	var args []any
+	if r.buckets {
+		q, args = bucketedList(f, after, limit+1)
+	} else {
+		c := where(f, f.GetTypes(), "start_ts", "end_ts")
+		if after != nil {
+			c.add("(start_ts < ? OR (start_ts = ? AND ident < ?))", after.Start, after.Start, after.Ident)
+		}
+		q = "SELECT start_ts, ident, data FROM records WHERE " + c.sql() + " ORDER BY start_ts DESC, ident DESC LIMIT ?"
+		args = append(c.args, limit+1)
 	}
-	q := "SELECT start_ts, ident, data FROM records WHERE " + c.sql() + " ORDER BY start_ts DESC, ident DESC LIMIT ?"
-	rs, err := r.query(ctx, r.d.bind(q), append(c.args, limit+1)...)
+	rs, err := r.query(ctx, r.d.bind(q), args...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("query: list: %w", err)
 	}
@@ -162,6 +171,111 @@ func (r *reader) List(ctx context.Context, f *tallyv1.RecordFilter, after *Curso
 		return nil, nil, fmt.Errorf("query: list: %w", err)
 	}
 	return out, next, nil
+}
+
+// The indexes SQLite's List walks (migration 6). A cloud record's entry
+// goes by bucket of start time (start_ts >> shift), then insertion; the
+// other types' entries are in List's order. shift 0: no buckets.
+type listIndex struct {
+	name  string
+	shift int
+	// cond is the index's WHERE, as the query must spell it for SQLite
+	// to use the partial index.
+	cond string
+}
+
+var (
+	voClouds  = listIndex{"records_vo_seq", 18, "rtype = 1"}
+	allClouds = listIndex{"records_seq", 15, "rtype = 1"}
+	voOthers  = listIndex{"records_vo_other", 0, "rtype <> 1"}
+	allOthers = listIndex{"records_other", 0, "rtype <> 1"}
+)
+
+// bucket is the expression of a start's bucket, spelled as in the index
+// definition, which SQLite's planner matches textually.
+func (ix listIndex) bucket() string { return fmt.Sprintf("(start_ts >> %d)", ix.shift) }
+
+// walk is the subquery of the rowids of the first n records of ix, in
+// List's order, that match f, come after the cursor and, if bounded,
+// start at top or before.
+func (ix listIndex) walk(f *tallyv1.RecordFilter, after *Cursor, top int64, bounded bool, n int) (string, []any) {
+	types := f.GetTypes()
+	if ix.shift > 0 {
+		types = nil // cloud, which cond says
+	}
+	c := where(f, types, "start_ts", "end_ts")
+	c.add(ix.cond)
+	order := "start_ts DESC, ident DESC"
+	if ix.shift > 0 {
+		// A record of an earlier bucket starts earlier, so ordering by
+		// bucket first is List's order: SQLite walks the buckets down
+		// and sorts one bucket's entries at a time (in the index, reading
+		// no row), stopping at the bucket that completes the n.
+		order = ix.bucket() + " DESC, " + order
+		if bounded {
+			c.add(ix.bucket()+" <= ?", top>>ix.shift)
+		}
+	} else if bounded {
+		c.add("start_ts <= ?", top)
+	}
+	if after != nil {
+		c.add("(start_ts < ? OR (start_ts = ? AND ident < ?))", after.Start, after.Start, after.Ident)
+	}
+	return "SELECT id FROM (SELECT rowid AS id FROM records INDEXED BY " + ix.name + " WHERE " + c.sql() +
+		" ORDER BY " + order + " LIMIT ?)", append(c.args, n)
+}
+
+// bucketedList is List's query over SQLite's list indexes, for n rows:
+// a walk of cloud records and one of the others, each per VO (an IN over
+// the VOs would sort all of their entries), merged by the outer ORDER
+// BY; only the page's rows are read.
+func bucketedList(f *tallyv1.RecordFilter, after *Cursor, n int) (string, []any) {
+	clouds, others := allClouds, allOthers
+	vos := [][]string{nil}
+	if len(f.GetVos()) > 0 {
+		clouds, others = voClouds, voOthers
+		vos = nil
+		for _, vo := range f.GetVos() {
+			if !slices.ContainsFunc(vos, func(v []string) bool { return v[0] == vo }) {
+				vos = append(vos, []string{vo})
+			}
+		}
+	}
+	var ixs []listIndex
+	types := f.GetTypes()
+	if len(types) == 0 || slices.Contains(types, tallyv1.RecordType_RECORD_TYPE_CLOUD) {
+		ixs = append(ixs, clouds)
+	}
+	if len(types) == 0 || slices.ContainsFunc(types, func(t tallyv1.RecordType) bool { return t != tallyv1.RecordType_RECORD_TYPE_CLOUD }) {
+		ixs = append(ixs, others)
+	}
+	// The latest start that can match bounds each walk's range: SQLite
+	// does not derive a bucket's bound from one on start_ts, nor a
+	// range from the cursor's OR.
+	top, bounded := int64(0), false
+	if f.GetEnd() != nil {
+		top, bounded = filterEnd(f)-1, true
+	}
+	if after != nil && (!bounded || after.Start < top) {
+		top, bounded = after.Start, true
+	}
+	var walks []string
+	var args []any
+	for _, vo := range vos {
+		g := &tallyv1.RecordFilter{}
+		if f != nil {
+			g = proto.CloneOf(f)
+		}
+		g.Vos = vo
+		for _, ix := range ixs {
+			q, a := ix.walk(g, after, top, bounded, n)
+			walks = append(walks, q)
+			args = append(args, a...)
+		}
+	}
+	q := "SELECT start_ts, ident, data FROM records WHERE rowid IN (" + strings.Join(walks, " UNION ALL ") +
+		") ORDER BY start_ts DESC, ident DESC LIMIT ?"
+	return q, append(args, n)
 }
 
 // groupExprs maps a group-by dimension to its SQL expressions (columns
@@ -286,8 +400,9 @@ func (r *reader) Summarize(ctx context.Context, f *tallyv1.RecordFilter, groupBy
 			c.add("n <> 0")
 			q = "SELECT " + sel + "COALESCE(CAST(SUM(n) AS BIGINT), 0), " + sum("gpu_s") + ", " + sum("gb_s") + " FROM usage_rollup WHERE " + c.sql() + grp
 		} else {
-			// Literally the condition of the partial index records_usage,
-			// so SQLite's planner can use it.
+			// Literally the condition of the partial index records_usage
+			// (records_other in SQLite from version 6), so SQLite's
+			// planner can use it.
 			c.add("rtype <> 1")
 			q = "SELECT " + sel + "COUNT(*), " + sum("gpu_s") + ", " + sum("gb_s") + " FROM records WHERE " + c.sql() + grp
 		}
@@ -299,7 +414,7 @@ func (r *reader) Summarize(ctx context.Context, f *tallyv1.RecordFilter, groupBy
 		// A public IP count is a level, not a flow: per project, user and IP
 		// version only the group's latest measurement counts.
 		c := where(f, []tallyv1.RecordType{tallyv1.RecordType_RECORD_TYPE_IP}, "start_ts", "end_ts")
-		c.add("rtype <> 1") // for records_usage, as above
+		c.add("rtype <> 1") // for the partial index, as above
 		part := append(slices.Clone(exprs), "project_id", "local_user", "global_user", "ip_version")
 		q := "SELECT " + sel + "COUNT(*), COALESCE(CAST(SUM(CASE WHEN rn = 1 THEN ip_count ELSE 0 END) AS BIGINT), 0) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY " +
 			strings.Join(part, ", ") + " ORDER BY start_ts DESC) AS rn FROM records WHERE " + c.sql() + ") AS latest" + grp

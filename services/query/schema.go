@@ -11,7 +11,8 @@ import (
 // store from version i to i+1. They are never edited once released, only
 // appended to. {int}, {real} and {blob} become each database's types;
 // {norowid} makes SQLite keep a table in its primary key's b-tree alone;
-// {pg} starts a statement only PostgreSQL runs.
+// {pg} starts a statement only PostgreSQL runs, {sqlite} one only SQLite
+// runs.
 var migrations = []string{
 	// 1: records (the latest of each identity) and cloud_months (APEL's
 	// CloudRecords: one row per VM and MeasurementTime month, with deltas).
@@ -174,6 +175,43 @@ var migrations = []string{
 	{pg}ALTER TABLE usage_rollup ALTER COLUMN vo TYPE TEXT COLLATE "C", ALTER COLUMN project_id TYPE TEXT COLLATE "C",
 		ALTER COLUMN local_user TYPE TEXT COLLATE "C", ALTER COLUMN global_user TYPE TEXT COLLATE "C",
 		ALTER COLUMN region TYPE TEXT COLLATE "C", ALTER COLUMN site TYPE TEXT COLLATE "C", ALTER COLUMN status TYPE TEXT COLLATE "C"`,
+
+	// 6: in SQLite, the indexes List walks append instead of taking a
+	// random page per record. A batch's records start at all times, so
+	// records_vo and records_list, ordered by start, each dirtied a page
+	// per record: most of a write. The entries of cloud records (VMs
+	// start at any time) now lead with a bucket of start times, then
+	// seq, the write that inserted the row (rising, kept on update), so
+	// a batch adds to the end of a few runs, one per (VO and) bucket it
+	// touches. Within a bucket the order by start is lost: List sorts a
+	// bucket's entries, which the trailing columns let it do from the
+	// index alone (end_ts for a time range's other end, the VO and
+	// project for their filters). Buckets are 2^18 s (3 days) per VO,
+	// 2^15 s (9 hours) for all: at a million records a year, about a
+	// thousand entries, what List sorts in a millisecond or two, and a
+	// batch of records starting over six weeks appends to a few hundred
+	// pages instead of thousands. The other types keep their entries in
+	// List's order: their records share starts (an accelerator's is its
+	// month's first second), where a bucket would hold them all and List
+	// sort them all; they are the fewer, and sharing starts, often
+	// append as they are. records_usage,
+	// ordered by month, VO and project, no longer covers a query (those
+	// without a time range read usage_rollup) and only found the records
+	// of other types, a random page each: records_other, in start order,
+	// finds them and seeks a time range's end; records_type, in
+	// insertion order, finds those of one type (the summaries of IP
+	// records, the only type summed from records without a time range).
+	// PostgreSQL, already fast enough, keeps its indexes (and List its
+	// query).
+	`{sqlite}ALTER TABLE records ADD COLUMN seq {int} NOT NULL DEFAULT 0;
+	{sqlite}CREATE INDEX records_vo_seq ON records (vo, start_ts >> 18, seq, start_ts, ident, end_ts) WHERE rtype = 1;
+	{sqlite}CREATE INDEX records_seq ON records (start_ts >> 15, seq, start_ts, ident, vo, project_id, end_ts) WHERE rtype = 1;
+	{sqlite}CREATE INDEX records_vo_other ON records (vo, start_ts, ident, rtype, end_ts) WHERE rtype <> 1;
+	{sqlite}CREATE INDEX records_other ON records (start_ts, ident, rtype, vo, project_id, end_ts) WHERE rtype <> 1;
+	{sqlite}CREATE INDEX records_type ON records (rtype) WHERE rtype <> 1;
+	{sqlite}DROP INDEX records_vo;
+	{sqlite}DROP INDEX records_list;
+	{sqlite}DROP INDEX records_usage`,
 }
 
 // ErrSchemaTooNew is returned when a store was written by a newer tally.
@@ -193,9 +231,10 @@ func migrate(ctx context.Context, from, to int, types *strings.Replacer, step fu
 	for v := from; v < to; v++ {
 		err := step(ctx, func(exec execer) error {
 			for stmt := range strings.SplitSeq(types.Replace(migrations[v]), ";\n") {
-				// A statement marked {pg} is PostgreSQL's alone (its
-				// replacer drops the mark).
-				if stmt = strings.TrimSpace(stmt); stmt == "" || strings.HasPrefix(stmt, "{pg}") {
+				// A statement marked {pg} is PostgreSQL's alone, one marked
+				// {sqlite} SQLite's: each replacer drops its own mark, so
+				// a mark left is the other database's.
+				if stmt = strings.TrimSpace(stmt); stmt == "" || strings.HasPrefix(stmt, "{pg}") || strings.HasPrefix(stmt, "{sqlite}") {
 					continue
 				}
 				if err := exec(ctx, stmt); err != nil {

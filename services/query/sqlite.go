@@ -8,15 +8,17 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	_ "modernc.org/sqlite" // the "sqlite" database/sql driver, pure Go
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 )
 
-var sqliteTypes = strings.NewReplacer("{int}", "INTEGER", "{real}", "REAL", "{blob}", "BLOB", "{norowid}", " WITHOUT ROWID")
+var sqliteTypes = strings.NewReplacer("{int}", "INTEGER", "{real}", "REAL", "{blob}", "BLOB", "{norowid}", " WITHOUT ROWID", "{sqlite}", "")
 
 // sqliteStore is the embedded store: one SQLite file in WAL mode, so
 // readers never wait for the writer.
@@ -29,6 +31,11 @@ type sqliteStore struct {
 	// stmts are the writer's prepared statements by SQL text: parsing
 	// the multi-row upserts each batch was a twentieth of a write.
 	stmts map[string]*sql.Stmt
+	// seq is the last write's seq (writeMu), the insertion order the
+	// bucket indexes append in; upsertRecords is the records upsert for
+	// the store's version (seq is a column from version 6).
+	seq           int64
+	upsertRecords func(rows int) string
 	// commits counts writes (writeMu), checkpoint wakes the checkpointer
 	// every checkpointEvery of them; stop ends it.
 	commits          int
@@ -51,7 +58,11 @@ func openSQLite(ctx context.Context, path string, target, cacheMiB int) (*sqlite
 	q.Add("_pragma", fmt.Sprintf("cache_size(-%d)", cacheMiB*1024))
 	q.Set("_txlock", "immediate")
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
-	db, err := sql.Open("sqlite", dsn)
+	// Readers map the file: a page not in a connection's cache (every
+	// page after another connection wrote) is then a memory read, not a
+	// system call; Lists on a cold cache took a third to a half less.
+	rdsn := dsn + "&" + url.Values{"_pragma": {fmt.Sprintf("mmap_size(%d)", readerMmap)}}.Encode()
+	db, err := sql.Open("sqlite", rdsn)
 	if err != nil {
 		return nil, fmt.Errorf("query: sqlite store %s: %w", path, err)
 	}
@@ -80,6 +91,16 @@ func openSQLite(ctx context.Context, path string, target, cacheMiB int) (*sqlite
 	if err := s.migrate(ctx, target); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("%w (store %s)", err, path)
+	}
+	v, err := s.SchemaVersion(ctx)
+	if err != nil {
+		s.Close()
+		return nil, fmt.Errorf("%w (store %s)", err, path)
+	}
+	s.buckets = v >= bucketsVersion
+	s.upsertRecords = upsertRecords(recordColumns)
+	if s.buckets {
+		s.upsertRecords = upsertRecords(seqColumns)
 	}
 	// A store held at an older version (tests build those) lacks tables
 	// the statements name; its writes prepare each time.
@@ -120,6 +141,10 @@ func (s *sqliteStore) checkpointer() {
 		_ = s.db.QueryRowContext(context.Background(), "PRAGMA wal_checkpoint(PASSIVE)").Scan(&busy, &log, &done)
 	}
 }
+
+// readerMmap is how much of the file a reader connection maps (SQLite
+// caps it at 2 GiB); pages beyond are read as without it.
+const readerMmap = 1 << 30
 
 // pragmas configure every connection.
 var pragmas = []string{
@@ -198,7 +223,7 @@ func (s *sqliteStore) Close() error {
 // connection, once: wdb has one connection, so it must be free of a
 // transaction here, and transactions then reuse them (StmtContext).
 func (s *sqliteStore) prepare(ctx context.Context) error {
-	for _, f := range []func(int) string{upsertRecords, upsertWindows, upsertMonths, upsertRollup, upsertUsage} {
+	for _, f := range []func(int) string{s.upsertRecords, upsertWindows, upsertMonths, upsertRollup, upsertUsage} {
 		q := f(sqliteChunk)
 		st, err := s.wdb.PrepareContext(ctx, q)
 		if err != nil {
@@ -220,7 +245,7 @@ const maxStmts = 64
 func (s *sqliteStore) warm(ctx context.Context, b *batch) {
 	var qs []string
 	if n := len(b.recs) % sqliteChunk; n > 0 {
-		qs = append(qs, upsertRecords(n))
+		qs = append(qs, s.upsertRecords(n))
 	}
 	if n := len(b.windows) % sqliteChunk; n > 0 {
 		qs = append(qs, upsertWindows(n))
@@ -267,10 +292,22 @@ func selectStored(n int) string {
 // of the widest table stay far below SQLite's 32766 parameters.
 const sqliteChunk = 64
 
-func upsertRecords(rows int) string {
-	return "INSERT INTO records (" + strings.Join(recordColumns, ", ") + ") VALUES " + tuples(rows, len(recordColumns)) +
-		" ON CONFLICT (ident) DO UPDATE SET " + upsertSet(recordColumns, "ident") +
-		" WHERE excluded.extracted_at >= records.extracted_at"
+// bucketsVersion is the schema version that gave SQLite's records seq
+// and the bucket indexes List walks.
+const bucketsVersion = 6
+
+// seqColumns are the columns of SQLite's records from bucketsVersion.
+var seqColumns = append(slices.Clone(recordColumns), "seq")
+
+// upsertRecords builds the records upsert of cols. An update keeps the
+// row's seq: its bucket index entries stay where they are unless their
+// columns change.
+func upsertRecords(cols []string) func(rows int) string {
+	return func(rows int) string {
+		return "INSERT INTO records (" + strings.Join(cols, ", ") + ") VALUES " + tuples(rows, len(cols)) +
+			" ON CONFLICT (ident) DO UPDATE SET " + upsertSet(cols, "ident", "seq") +
+			" WHERE excluded.extracted_at >= records.extracted_at"
+	}
 }
 
 func upsertWindows(rows int) string {
@@ -315,6 +352,9 @@ func (s *sqliteStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	s.warm(ctx, b)
+	// A clock set back only costs appends, never order: seq orders no
+	// read.
+	s.seq = max(s.seq+1, time.Now().UnixMicro())
 	tx, err := s.wdb.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("query: write: %w", err)
@@ -409,8 +449,11 @@ func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
 	rows := make([][]any, len(b.recs))
 	for i := range b.recs {
 		rows[i] = recordValues(&b.recs[i])
+		if s.buckets {
+			rows[i] = append(rows[i], s.seq)
+		}
 	}
-	if err := s.chunked(ctx, tx, rows, upsertRecords); err != nil {
+	if err := s.chunked(ctx, tx, rows, s.upsertRecords); err != nil {
 		return fmt.Errorf("records: %w", err)
 	}
 	if err := s.chunked(ctx, tx, b.usage(prior).rows(), upsertUsage); err != nil {

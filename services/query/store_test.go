@@ -13,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"google.golang.org/protobuf/testing/protocmp"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 	"github.com/tally-accounting/tally/pkg/messenger"
@@ -660,4 +661,126 @@ func TestPostgresFailedWrite(t *testing.T) {
 	if diff := cmp.Diff(want, sum, protocmp.Transform()); diff != "" {
 		t.Errorf("summary after the failed writes (-without them +with):\n%s", diff)
 	}
+}
+
+// TestListPagesAcrossBuckets pages through records spread over two
+// years, so that List's walks (SQLite's by bucket of start) cross many
+// buckets, under filters of one VO, several, none, types and time
+// ranges, and after updates that end VMs.
+func TestListPagesAcrossBuckets(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	base := at("2025-01-01T00:00:00Z")
+	vos := []string{"big", "big", "big", "mid", "mid", "rare"}
+	var vms []vm
+	for i := range 900 {
+		v := vm{id: fmt.Sprintf("vm-%04d", rng.IntN(10000)*10000+i), site: "S1", vo: vos[rng.IntN(len(vos))],
+			project: fmt.Sprintf("p%d", rng.IntN(3)), user: "u", cpus: 1}
+		// A tenth share their start with the VM before, to need the
+		// identity for order.
+		if i > 0 && i%10 == 0 {
+			v.start = vms[i-1].start
+		} else {
+			v.start = base.Add(time.Duration(rng.IntN(2*365*24)) * time.Hour)
+		}
+		vms = append(vms, v)
+	}
+	extract := base.Add(3 * 365 * 24 * time.Hour)
+	latest := map[string]*tallyv1.Record{}
+	var batches [][]*tallyv1.Record
+	for lo := 0; lo < len(vms); lo += 200 {
+		var b []*tallyv1.Record
+		for i, v := range vms[lo:min(lo+200, len(vms))] {
+			r := v.cloud(extract.Add(-time.Hour), extract)
+			b = append(b, r)
+			latest[r.GetKey()] = r
+			// Accelerator records, which all start at their month's
+			// first second, among them.
+			if i%4 == 0 {
+				y, m, _ := v.start.Date()
+				a := accel(v.id, "S1", v.vo, v.project, int32(y), int32(m), 1, 3600, extract)
+				b = append(b, a)
+				latest[a.GetKey()] = a
+			}
+		}
+		batches = append(batches, b)
+	}
+	// A later extraction ends a third of the VMs: their entries change.
+	var ended []*tallyv1.Record
+	for i := 0; i < len(vms); i += 3 {
+		v := vms[i]
+		v.end = v.start.Add(time.Duration(1+rng.IntN(60*24)) * time.Hour)
+		r := v.cloud(extract, extract.Add(time.Hour))
+		ended = append(ended, r)
+		latest[r.GetKey()] = r
+	}
+	batches = append(batches, ended)
+	month := func(y int, m time.Month) (*timestamppb.Timestamp, *timestamppb.Timestamp) {
+		return ts(time.Date(y, m, 1, 0, 0, 0, 0, time.UTC)), ts(time.Date(y, m+1, 1, 0, 0, 0, 0, time.UTC))
+	}
+	mayFrom, mayTo := month(2025, 5)
+	filters := []*tallyv1.RecordFilter{
+		nil,
+		{Vos: []string{"big"}},
+		{Vos: []string{"rare", "mid", "rare"}},
+		{Vos: []string{"mid"}, ProjectIds: []string{"p1"}},
+		{Vos: []string{"big"}, Start: mayFrom, End: mayTo},
+		{Start: mayFrom, End: mayTo},
+		{End: ts(base.Add(400*24*time.Hour + time.Second/2))},
+		{Vos: []string{"rare", "big"}, Start: ts(base.Add(500 * 24 * time.Hour))},
+		{Vos: []string{"nobody"}},
+		{Types: []tallyv1.RecordType{tallyv1.RecordType_RECORD_TYPE_ACCELERATOR}, End: mayTo},
+		{Vos: []string{"mid", "big"}, Types: []tallyv1.RecordType{tallyv1.RecordType_RECORD_TYPE_CLOUD, tallyv1.RecordType_RECORD_TYPE_ACCELERATOR}},
+	}
+	eachStore(t, func(t *testing.T, s Store) {
+		for _, b := range batches {
+			write(t, s, b...)
+		}
+		ctx := context.Background()
+		for _, f := range filters {
+			type entry struct {
+				a attrs
+				r *tallyv1.Record
+			}
+			var want []entry
+			for _, r := range latest {
+				a, err := attrsOf(r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if a.matches(f) {
+					want = append(want, entry{a, r})
+				}
+			}
+			slices.SortFunc(want, func(x, y entry) int {
+				if x.a.start != y.a.start {
+					return cmpInt(y.a.start, x.a.start)
+				}
+				return strings.Compare(y.a.ident, x.a.ident)
+			})
+			var wantKeys []string
+			for _, e := range want {
+				wantKeys = append(wantKeys, e.r.GetKey())
+			}
+			for _, size := range []int{7, 50} {
+				var got []*tallyv1.Record
+				var after *Cursor
+				for pages := 0; ; pages++ {
+					if pages > len(vms) {
+						t.Fatal("paging does not end")
+					}
+					page, next, err := s.List(ctx, f, after, size)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got = append(got, page...)
+					if after = next; next == nil {
+						break
+					}
+				}
+				if diff := cmp.Diff(wantKeys, keys(got), cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("List(%v) in pages of %d (-want +got):\n%s", f, size, diff)
+				}
+			}
+		}
+	})
 }
