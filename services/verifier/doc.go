@@ -56,8 +56,10 @@
 //   - glance validity checks follow validation_level, and a missing delete
 //     is a failure with a reason, not an AttributeError;
 //   - exists left verifying by a crash are put back to pending at start, for
-//     images too; the bus message is acked only once its effect is
-//     committed (StackTach acked first);
+//     images too (the SQLite store, which has one verifier, never marks
+//     them: its claims only read, and a crash leaves them pending); the bus
+//     message is acked only once its effect is committed (StackTach acked
+//     first);
 //   - the reconciler asks Nova's API with admin credentials, not Nova's
 //     database through a JSON bridge, and the exists that prompted it
 //     verifies when Nova agrees (see reconcile.go).

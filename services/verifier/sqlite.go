@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -26,11 +27,17 @@ import (
 // thousand a second. Each caller still waits for its own commit, so the bus
 // message is acked only once its effect is durable.
 type SQLiteStore struct {
-	db   *sql.DB
-	ops  chan writeOp
-	quit chan struct{}
-	wg   sync.WaitGroup
-	once sync.Once
+	db *sql.DB
+	// wconn is the committer's own connection. SQLite drops a
+	// connection's whole page cache when another one wrote since its last
+	// transaction, so a committer taking whichever pooled connection was
+	// free (often one a reader had just used) began a write with a cold
+	// cache, and read every page of a large store's indexes again.
+	wconn *sql.Conn
+	ops   chan writeOp
+	quit  chan struct{}
+	wg    sync.WaitGroup
+	once  sync.Once
 }
 
 type writeOp struct {
@@ -120,13 +127,18 @@ func OpenSQLite(ctx context.Context, path string, cacheMiB int) (*SQLiteStore, e
 	}
 	// Readers run beside the committer (WAL); writes are all the
 	// committer's, so read-modify-write merges need no locking and hit no
-	// SQLITE_BUSY.
+	// SQLITE_BUSY. One of the four is the committer's (wconn).
 	db.SetMaxOpenConns(4)
 	if _, err := db.ExecContext(ctx, schema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("create schema in %s: %w", path, err)
 	}
-	s := &SQLiteStore{db: db, ops: make(chan writeOp), quit: make(chan struct{})}
+	wconn, err := db.Conn(ctx)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	s := &SQLiteStore{db: db, wconn: wconn, ops: make(chan writeOp), quit: make(chan struct{})}
 	s.wg.Go(s.committer)
 	return s, nil
 }
@@ -135,7 +147,7 @@ func OpenSQLite(ctx context.Context, path string, cacheMiB int) (*SQLiteStore, e
 func (s *SQLiteStore) Close() error {
 	s.once.Do(func() { close(s.quit) })
 	s.wg.Wait()
-	return s.db.Close()
+	return errors.Join(s.wconn.Close(), s.db.Close())
 }
 
 // write runs fn in the next group transaction and waits for its commit.
@@ -181,7 +193,16 @@ func (s *SQLiteStore) committer() {
 func (s *SQLiteStore) commit(group []writeOp) {
 	ctx := context.Background()
 	errs := make([]error, len(group))
-	tx, err := s.db.BeginTx(ctx, nil)
+	tx, err := s.wconn.BeginTx(ctx, nil)
+	if errors.Is(err, driver.ErrBadConn) {
+		// Not seen with a local file, but a broken connection must not
+		// fail every later write: take a new one.
+		if c, cerr := s.db.Conn(ctx); cerr == nil {
+			_ = s.wconn.Close()
+			s.wconn = c
+			tx, err = c.BeginTx(ctx, nil)
+		}
+	}
 	if err == nil {
 		for i, op := range group {
 			if errs[i] = op.ctx.Err(); errs[i] == nil {
