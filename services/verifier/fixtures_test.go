@@ -2,17 +2,16 @@ package verifier
 
 import (
 	"context"
-	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-)
 
-const fixtureDir = "../../../shared/fixtures/openstack-zed/notifications"
+	"github.com/tally-accounting/tally/services/verifier/verifiertest"
+)
 
 func openStore(t testing.TB) *SQLiteStore {
 	t.Helper()
@@ -35,18 +34,13 @@ func testConfig() Config {
 // arrival order and then in reverse, and checks that all 30 exists verify
 // against the usage tracked from the same files.
 func TestRecordedNotificationsVerify(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join(fixtureDir, "*.json"))
-	if err != nil || len(files) < 300 {
-		t.Fatalf("recorded notifications missing in %s: %d files, %v", fixtureDir, len(files), err)
-	}
+	recorded := verifiertest.RecordedNotifications(t, "*.json", 300)
 	for i := range 2 * len(storeBackends) {
 		order, b := []string{"recorded", "reversed"}[i%2], storeBackends[i/2]
 		t.Run(b.name+"/"+order, func(t *testing.T) {
-			sort.Strings(files)
+			files := slices.Clone(recorded)
 			if order == "reversed" {
-				for i, j := 0, len(files)-1; i < j; i, j = i+1, j-1 {
-					files[i], files[j] = files[j], files[i]
-				}
+				slices.Reverse(files)
 			}
 			store := openConfigured(t, b.config(t))
 			v := New(testConfig(), nil, nil, nil, WithStore(store), WithClock(func() time.Time {
@@ -54,16 +48,12 @@ func TestRecordedNotificationsVerify(t *testing.T) {
 			}))
 			ctx := context.Background()
 			for _, f := range files {
-				body, err := os.ReadFile(f)
-				if err != nil {
-					t.Fatal(err)
-				}
 				key := "notifications.info"
-				if strings.Contains(filepath.Base(f), "versioned_notifications") {
+				if strings.Contains(f.Name, "versioned_notifications") {
 					key = "versioned_notifications.info"
 				}
-				if err := v.Ingest(ctx, body, key); err != nil {
-					t.Fatalf("%s: %v", filepath.Base(f), err)
+				if err := v.Ingest(ctx, f.Body, key); err != nil {
+					t.Fatalf("%s: %v", f.Name, err)
 				}
 			}
 			res, err := v.VerifyPending(ctx)
@@ -115,7 +105,7 @@ func TestRecordedNotificationsDetectTampering(t *testing.T) {
 		{"0323_nova_notifications.info_compute.instance.exists.json", `\"terminated_at\": \"2026-11-23T12:00:41.000000\"`, `\"terminated_at\": \"2026-11-23T12:00:45.000000\"`, "deleted_at"},
 		{"0327_nova_notifications.info_compute.instance.exists.json", `\"launched_at\": \"2026-11-23T11:56:52.000000\"`, `\"launched_at\": \"yesterday\"`, "launched_at"},
 	}
-	files, _ := filepath.Glob(filepath.Join(fixtureDir, "*_nova_*.json"))
+	files := verifiertest.RecordedNotifications(t, "*_nova_*.json", 100)
 	for i := range len(tests) * len(storeBackends) {
 		tt, b := tests[i/len(storeBackends)], storeBackends[i%len(storeBackends)]
 		t.Run(b.name+"/"+tt.wantField+"/"+tt.file[:4], func(t *testing.T) {
@@ -126,17 +116,14 @@ func TestRecordedNotificationsDetectTampering(t *testing.T) {
 			ctx := context.Background()
 			var target string
 			for _, f := range files {
-				body, err := os.ReadFile(f)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if filepath.Base(f) == tt.file {
+				body := f.Body
+				if f.Name == tt.file {
 					s := string(body)
 					if !strings.Contains(s, tt.old) {
 						t.Fatalf("%s does not contain %s", tt.file, tt.old)
 					}
 					body = []byte(strings.Replace(s, tt.old, tt.new, 1))
-					target = f
+					target = f.Name
 				}
 				if err := v.Ingest(ctx, body, ""); err != nil {
 					t.Fatal(err)

@@ -18,6 +18,8 @@ import (
 	"github.com/tally-accounting/tally/pkg/config"
 	"github.com/tally-accounting/tally/services/verifier/internal/rabbittest"
 	"github.com/tally-accounting/tally/services/verifier/oslo"
+
+	"github.com/tally-accounting/tally/services/verifier/verifiertest"
 )
 
 // TestVerifiedNotifications checks enable_notifications: each verified
@@ -66,7 +68,7 @@ func TestVerifiedNotifications(t *testing.T) {
 	// exists without its launch (fails: nothing emitted).
 	for _, f := range []string{"0075_nova_notifications.info_compute.instance.create.end.json",
 		"0327_nova_notifications.info_compute.instance.exists.json", "0319_nova_notifications.info_compute.instance.exists.json"} {
-		body, err := os.ReadFile(filepath.Join(fixtureDir, f))
+		body, err := os.ReadFile(filepath.Join(verifiertest.RecordedDir(), f))
 		if err != nil {
 			t.Fatal(err)
 		}

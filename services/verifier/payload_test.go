@@ -3,13 +3,13 @@ package verifier
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/tally-accounting/tally/services/verifier/oslo"
+
+	"github.com/tally-accounting/tally/services/verifier/verifiertest"
 )
 
 // The map-based readers parseNova and parseGlance replaced: decoding into
@@ -152,17 +152,9 @@ func parseGlanceMap(m *oslo.Message, p object) (ev imageEvent, ok bool, err erro
 // notifications, and payloads with fields of unexpected types, as the
 // map reader did.
 func TestTypedPayloadAgrees(t *testing.T) {
-	files, err := filepath.Glob(filepath.Join(fixtureDir, "*.json"))
-	if err != nil || len(files) < 100 {
-		t.Fatalf("recorded notifications missing: %d files, %v", len(files), err)
-	}
 	var bodies []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		bodies = append(bodies, string(b))
+	for _, r := range verifiertest.RecordedNotifications(t, "*.json", 100) {
+		bodies = append(bodies, string(r.Body))
 	}
 	for _, ev := range []string{"compute.instance.exists", "compute.instance.create.end", "image.exists", "image.delete"} {
 		for _, p := range []string{

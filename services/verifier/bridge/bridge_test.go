@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -23,11 +21,10 @@ import (
 	"github.com/tally-accounting/tally/pkg/metrics"
 	"github.com/tally-accounting/tally/services/verifier/internal/rabbittest"
 	"github.com/tally-accounting/tally/services/verifier/oslo"
+	"github.com/tally-accounting/tally/services/verifier/verifiertest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-const fixtureDir = "../../../../shared/fixtures/openstack-zed/notifications"
 
 func TestConfigValidate(t *testing.T) {
 	tests := []struct {
@@ -215,22 +212,15 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 // with its message id; malformed bodies are dead-lettered with a reason.
 func TestBridgeRepublishesRecordedNotifications(t *testing.T) {
 	h := newHarness(t, 0, nil)
-	files, err := filepath.Glob(filepath.Join(fixtureDir, "*_nova_*.json"))
-	if err != nil || len(files) < 100 {
-		t.Fatalf("recorded notifications missing in %s: %d files, %v", fixtureDir, len(files), err)
-	}
 	var want []stored
-	for _, f := range files {
-		body, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, f := range verifiertest.RecordedNotifications(t, "*_nova_*.json", 100) {
+		body := f.Body
 		m, err := oslo.Parse(body)
 		if err != nil {
-			t.Fatalf("%s: %v", f, err)
+			t.Fatalf("%s: %v", f.Name, err)
 		}
 		key := "notifications.info"
-		if strings.Contains(filepath.Base(f), "_versioned_notifications.") {
+		if strings.Contains(f.Name, "_versioned_notifications.") {
 			key = "versioned_notifications.info"
 		}
 		h.broker.Publish(h.nova, key, body)

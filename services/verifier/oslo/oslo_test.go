@@ -4,11 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/tally-accounting/tally/services/verifier/verifiertest"
 )
 
 func TestParse(t *testing.T) {
@@ -180,18 +180,9 @@ func TestFastAgrees(t *testing.T) {
 // recordedBodies are the recorded notifications' bodies; the test fails
 // without them.
 func recordedBodies(t *testing.T) []string {
-	t.Helper()
-	files, err := filepath.Glob("../../../../shared/fixtures/openstack-zed/notifications/*.json")
-	if err != nil || len(files) < 100 {
-		t.Fatalf("recorded notifications missing: %d files, %v", len(files), err)
-	}
 	var out []string
-	for _, f := range files {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, string(b))
+	for _, r := range verifiertest.RecordedNotifications(t, "*.json", 100) {
+		out = append(out, string(r.Body))
 	}
 	return out
 }
