@@ -109,9 +109,10 @@ func TestMigrations(t *testing.T) {
 }
 
 // TestMigrationFromV4 upgrades stores written at version 4, whose
-// PostgreSQL text compared under the database's collation, and at
-// version 5, whose SQLite records had no seq nor bucket indexes: reads
-// give what they gave, and writes go on from the stored rows.
+// PostgreSQL text compared under the database's collation, at version 5,
+// whose SQLite records had no seq nor bucket indexes, and at version 6,
+// whose SQLite windows and months were keyed by identity: reads give
+// what they gave, and writes go on from the stored rows.
 func TestMigrationFromV4(t *testing.T) {
 	filters := []*tallyv1.RecordFilter{
 		nil,
@@ -122,7 +123,7 @@ func TestMigrationFromV4(t *testing.T) {
 		{Start: ts(at("2026-02-10T00:00:00Z"))},
 	}
 	for _, b := range backends {
-		for _, from := range []int{4, 5} {
+		for _, from := range []int{4, 5, 6} {
 			t.Run(fmt.Sprintf("%s/v%d", b.name, from), func(t *testing.T) { upgradeFrom(t, b, from, filters) })
 		}
 	}
@@ -195,4 +196,55 @@ func readerOf(s Store) *reader {
 		return &s.reader
 	}
 	return nil
+}
+
+// TestMigrationKeepsOrphans: a SQLite window or month whose record is
+// missing (an operator's hand, a damaged file) cannot be keyed by rid;
+// the upgrade fails, naming it, and leaves the store at version 6 with
+// the row, rather than dropping the row.
+func TestMigrationKeepsOrphans(t *testing.T) {
+	ctx := context.Background()
+	for _, table := range []string{"record_windows", "cloud_months"} {
+		t.Run(table, func(t *testing.T) {
+			loc := backends[0].location(t)
+			old, err := openStore(ctx, loc, "", ridsVersion-1, DefaultCacheMiB)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := newFixture()
+			write(t, old, f.vmA1)
+			exec(t, old, "DELETE FROM records")
+			if table == "cloud_months" {
+				exec(t, old, "DELETE FROM record_windows")
+			}
+			old.Close()
+			_, err = OpenStore(ctx, loc, "")
+			if err == nil || !strings.Contains(err.Error(), "NOT NULL constraint failed: "+table+"_rid.rid") || !strings.Contains(err.Error(), "version 6 to 7") {
+				t.Fatalf("upgrade with an orphaned row: %v, want a NOT NULL failure of %s from version 6 to 7", err, table)
+			}
+			t.Logf("refused with: %v", err)
+			again, err := openStore(ctx, loc, "", ridsVersion-1, DefaultCacheMiB)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer again.Close()
+			if v, err := again.SchemaVersion(ctx); err != nil || v != ridsVersion-1 {
+				t.Fatalf("store at version %d (%v) after the failed upgrade, want %d", v, err, ridsVersion-1)
+			}
+			rs, err := readerOf(again).query(ctx, "SELECT COUNT(*) FROM "+table)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rs.Close()
+			var n int64
+			for rs.Next() {
+				if err := rs.Scan(&n); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n == 0 {
+				t.Errorf("%s lost its rows in the failed upgrade", table)
+			}
+		})
+	}
 }

@@ -212,6 +212,70 @@ var migrations = []string{
 	{sqlite}DROP INDEX records_vo;
 	{sqlite}DROP INDEX records_list;
 	{sqlite}DROP INDEX records_usage`,
+
+	// 7: in SQLite, a new record's windows and months append. They were
+	// keyed by the record's identity, which for a cloud record holds the
+	// VM's UUID: random, so each record dirtied a page of record_windows
+	// and one of cloud_months (the widest rows), and every dirtied page is
+	// a WAL frame at commit and a page copied at checkpoint. With the
+	// UUIDs clouds give their VMs, that made a million-record backfill
+	// three times slower than with ordered ids. rid numbers records in the
+	// order they were first stored (kept on update, a column of its own:
+	// VACUUM may renumber a rowid), and keys both tables. A window or month
+	// without its record cannot be keyed: its NULL rid fails the upgrade
+	// rather than losing the row.
+	`{sqlite}ALTER TABLE records ADD COLUMN rid {int};
+	{sqlite}UPDATE records SET rid = rowid;
+	{sqlite}CREATE UNIQUE INDEX records_rid ON records (rid);
+	{sqlite}CREATE TABLE record_windows_rid (
+		rid {int} NOT NULL,
+		window_from {int} NOT NULL,
+		window_to {int} NOT NULL,
+		extracted_at {int} NOT NULL,
+		PRIMARY KEY (rid, window_from, window_to)
+	){norowid};
+	{sqlite}INSERT INTO record_windows_rid (rid, window_from, window_to, extracted_at)
+		SELECT r.rid, w.window_from, w.window_to, w.extracted_at FROM record_windows w LEFT JOIN records r ON r.ident = w.ident;
+	{sqlite}DROP TABLE record_windows;
+	{sqlite}ALTER TABLE record_windows_rid RENAME TO record_windows;
+	{sqlite}CREATE TABLE cloud_months_rid (
+		rid {int} NOT NULL,
+		site TEXT NOT NULL,
+		vm_uuid TEXT NOT NULL,
+		year {int} NOT NULL,
+		month {int} NOT NULL,
+		measure_ts {int} NOT NULL,
+		span_from {int} NOT NULL,
+		span_to {int} NOT NULL,
+		region TEXT NOT NULL,
+		project_id TEXT NOT NULL,
+		vo TEXT NOT NULL,
+		local_user TEXT NOT NULL,
+		global_user TEXT NOT NULL,
+		status TEXT NOT NULL,
+		image_id TEXT NOT NULL,
+		benchmark_type TEXT NOT NULL,
+		service TEXT NOT NULL,
+		cpu_count {int} NOT NULL,
+		benchmark {real} NOT NULL,
+		memory {int} NOT NULL,
+		disk {int} NOT NULL,
+		start_ts {int} NOT NULL,
+		end_ts {int},
+		wall_cum {int} NOT NULL,
+		cpu_cum {int} NOT NULL,
+		wall_d {int} NOT NULL,
+		cpu_d {int} NOT NULL,
+		norm_d {real} NOT NULL,
+		extracted_at {int} NOT NULL,
+		window_from {int} NOT NULL,
+		window_to {int} NOT NULL,
+		PRIMARY KEY (rid, year, month)
+	){norowid};
+	{sqlite}INSERT INTO cloud_months_rid SELECT r.rid, m.* FROM cloud_months m
+		LEFT JOIN records r ON r.ident = 'cloud' || char(31) || m.site || char(31) || m.vm_uuid;
+	{sqlite}DROP TABLE cloud_months;
+	{sqlite}ALTER TABLE cloud_months_rid RENAME TO cloud_months`,
 }
 
 // ErrSchemaTooNew is returned when a store was written by a newer tally.

@@ -36,6 +36,11 @@ type sqliteStore struct {
 	// the store's version (seq is a column from version 6).
 	seq           int64
 	upsertRecords func(rows int) string
+	// rids: windows and months are keyed by the record's rid (schema
+	// version 7), and the statements that write them are these.
+	rids          bool
+	upsertWindows func(rows int) string
+	upsertMonths  func(rows int) string
 	// commits counts writes (writeMu), checkpoint wakes the checkpointer
 	// every checkpointEvery of them; stop ends it.
 	commits          int
@@ -97,9 +102,12 @@ func openSQLite(ctx context.Context, path string, target, cacheMiB int) (*sqlite
 		s.Close()
 		return nil, fmt.Errorf("%w (store %s)", err, path)
 	}
-	s.buckets = v >= bucketsVersion
-	s.upsertRecords = upsertRecords(recordColumns)
-	if s.buckets {
+	s.buckets, s.rids = v >= bucketsVersion, v >= ridsVersion
+	s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(recordColumns), upsertWindows, upsertMonths
+	switch {
+	case s.rids:
+		s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(ridColumns), upsertRidWindows, upsertRidMonths
+	case s.buckets:
 		s.upsertRecords = upsertRecords(seqColumns)
 	}
 	// A store held at an older version (tests build those) lacks tables
@@ -223,7 +231,7 @@ func (s *sqliteStore) Close() error {
 // connection, once: wdb has one connection, so it must be free of a
 // transaction here, and transactions then reuse them (StmtContext).
 func (s *sqliteStore) prepare(ctx context.Context) error {
-	for _, f := range []func(int) string{s.upsertRecords, upsertWindows, upsertMonths, upsertRollup, upsertUsage} {
+	for _, f := range []func(int) string{s.upsertRecords, s.upsertWindows, s.upsertMonths, upsertRollup, upsertUsage} {
 		q := f(sqliteChunk)
 		st, err := s.wdb.PrepareContext(ctx, q)
 		if err != nil {
@@ -248,10 +256,13 @@ func (s *sqliteStore) warm(ctx context.Context, b *batch) {
 		qs = append(qs, s.upsertRecords(n))
 	}
 	if n := len(b.windows) % sqliteChunk; n > 0 {
-		qs = append(qs, upsertWindows(n))
+		qs = append(qs, s.upsertWindows(n))
 	}
-	if n := min(len(b.vms), 1000); n > 0 {
+	if n := min(len(b.vms), 1000); n > 0 && !s.rids {
 		qs = append(qs, selectMonths(n))
+	}
+	if n := min(len(b.recs), 1000); n > 0 && s.rids {
+		qs = append(qs, selectRids(n), selectRidMonths(n))
 	}
 	if n := min(len(b.rolledIdents()), 1000); n > 0 {
 		qs = append(qs, selectStored(n))
@@ -299,13 +310,20 @@ const bucketsVersion = 6
 // seqColumns are the columns of SQLite's records from bucketsVersion.
 var seqColumns = append(slices.Clone(recordColumns), "seq")
 
+// ridsVersion is the schema version that keyed SQLite's record_windows
+// and cloud_months by the record's rid.
+const ridsVersion = 7
+
+// ridColumns are the columns of SQLite's records from ridsVersion.
+var ridColumns = append(slices.Clone(seqColumns), "rid")
+
 // upsertRecords builds the records upsert of cols. An update keeps the
 // row's seq: its bucket index entries stay where they are unless their
 // columns change.
 func upsertRecords(cols []string) func(rows int) string {
 	return func(rows int) string {
 		return "INSERT INTO records (" + strings.Join(cols, ", ") + ") VALUES " + tuples(rows, len(cols)) +
-			" ON CONFLICT (ident) DO UPDATE SET " + upsertSet(cols, "ident", "seq") +
+			" ON CONFLICT (ident) DO UPDATE SET " + upsertSet(cols, "ident", "seq", "rid") +
 			" WHERE excluded.extracted_at >= records.extracted_at"
 	}
 }
@@ -314,6 +332,28 @@ func upsertWindows(rows int) string {
 	return "INSERT INTO record_windows (ident, window_from, window_to, extracted_at) VALUES " + tuples(rows, 4) +
 		" ON CONFLICT (ident, window_from, window_to) DO UPDATE SET extracted_at = excluded.extracted_at" +
 		" WHERE excluded.extracted_at > record_windows.extracted_at"
+}
+
+func upsertRidWindows(rows int) string {
+	return "INSERT INTO record_windows (rid, window_from, window_to, extracted_at) VALUES " + tuples(rows, 4) +
+		" ON CONFLICT (rid, window_from, window_to) DO UPDATE SET extracted_at = excluded.extracted_at" +
+		" WHERE excluded.extracted_at > record_windows.extracted_at"
+}
+
+var ridMonthColumns = append([]string{"rid"}, monthColumns...)
+
+func upsertRidMonths(rows int) string {
+	return "INSERT INTO cloud_months (" + strings.Join(ridMonthColumns, ", ") + ") VALUES " + tuples(rows, len(ridMonthColumns)) +
+		" ON CONFLICT (rid, year, month) DO UPDATE SET " + upsertSet(ridMonthColumns, "rid", "year", "month")
+}
+
+// selectRids reads the rids of stored records by identity.
+func selectRids(n int) string {
+	return "SELECT ident, rid FROM records WHERE ident IN (" + placeholders(n) + ")"
+}
+
+func selectRidMonths(n int) string {
+	return "SELECT " + strings.Join(monthColumns, ", ") + " FROM cloud_months WHERE rid IN (" + placeholders(n) + ")"
 }
 
 func upsertMonths(rows int) string {
@@ -398,50 +438,133 @@ func (s *sqliteStore) chunked(ctx context.Context, tx *sql.Tx, rows [][]any, stm
 	return nil
 }
 
-func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
+// scanAll runs q and calls row for each of its rows.
+func (s *sqliteStore) scanAll(ctx context.Context, tx *sql.Tx, q string, args []any, row func(rs *sql.Rows) error) error {
+	rs, err := s.query(ctx, tx, q, args...)
+	if err != nil {
+		return err
+	}
+	for rs.Next() {
+		if err := row(rs); err != nil {
+			rs.Close()
+			return err
+		}
+	}
+	return errors.Join(rs.Err(), rs.Close())
+}
+
+// ridsOf returns the rid of each of the batch's records: the stored one,
+// or, for a record not stored yet, one after the greatest so far; and
+// the greatest before the batch.
+func (s *sqliteStore) ridsOf(ctx context.Context, tx *sql.Tx, b *batch) (map[string]int64, int64, error) {
+	rids := make(map[string]int64, len(b.recs))
+	for recs := b.recs; len(recs) > 0; {
+		n := min(len(recs), 1000)
+		args := make([]any, n)
+		for i := range recs[:n] {
+			args[i] = recs[i].ident
+		}
+		err := s.scanAll(ctx, tx, selectRids(n), args, func(rs *sql.Rows) error {
+			var ident string
+			var rid int64
+			if err := rs.Scan(&ident, &rid); err != nil {
+				return err
+			}
+			rids[ident] = rid
+			return nil
+		})
+		if err != nil {
+			return nil, 0, err
+		}
+		recs = recs[n:]
+	}
+	// The transaction holds the write lock: no other writer takes these.
+	var last int64
+	if err := tx.QueryRowContext(ctx, "SELECT COALESCE(MAX(rid), 0) FROM records").Scan(&last); err != nil {
+		return nil, 0, err
+	}
+	before := last
+	for i := range b.recs {
+		if _, ok := rids[b.recs[i].ident]; !ok {
+			last++
+			rids[b.recs[i].ident] = last
+		}
+	}
+	return rids, before, nil
+}
+
+func cloudIdent(k vmKey) string { return "cloud" + sep + k.site + sep + k.vm }
+
+// storedMonths reads the stored months of the batch's VMs.
+func (s *sqliteStore) storedMonths(ctx context.Context, tx *sql.Tx, b *batch, rids map[string]int64, before int64) (map[vmKey][]monthRow, error) {
 	stored := map[vmKey][]monthRow{}
+	row := func(rs *sql.Rows) error {
+		var m monthRow
+		if err := rs.Scan(m.pointers()...); err != nil {
+			return err
+		}
+		k := vmKey{m.site, m.vm}
+		stored[k] = append(stored[k], m)
+		return nil
+	}
+	if s.rids {
+		// Only VMs stored before have months.
+		var args []any
+		for _, k := range b.vms {
+			if rid := rids[cloudIdent(k)]; rid <= before {
+				args = append(args, rid)
+			}
+		}
+		for len(args) > 0 {
+			n := min(len(args), 1000)
+			if err := s.scanAll(ctx, tx, selectRidMonths(n), args[:n], row); err != nil {
+				return nil, err
+			}
+			args = args[n:]
+		}
+		return stored, nil
+	}
 	for vms := b.vms; len(vms) > 0; {
 		n := min(len(vms), 1000)
 		args := make([]any, 0, 2*n)
 		for _, k := range vms[:n] {
 			args = append(args, k.site, k.vm)
 		}
-		rs, err := s.query(ctx, tx, selectMonths(n), args...)
-		if err != nil {
-			return err
-		}
-		for rs.Next() {
-			var m monthRow
-			if err := rs.Scan(m.pointers()...); err != nil {
-				rs.Close()
-				return err
-			}
-			k := vmKey{m.site, m.vm}
-			stored[k] = append(stored[k], m)
-		}
-		if err := errors.Join(rs.Err(), rs.Close()); err != nil {
-			return err
+		if err := s.scanAll(ctx, tx, selectMonths(n), args, row); err != nil {
+			return nil, err
 		}
 		vms = vms[n:]
+	}
+	return stored, nil
+}
+
+func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
+	var rids map[string]int64
+	var before int64
+	if s.rids {
+		var err error
+		if rids, before, err = s.ridsOf(ctx, tx, b); err != nil {
+			return err
+		}
+	}
+	stored, err := s.storedMonths(ctx, tx, b, rids, before)
+	if err != nil {
+		return err
 	}
 	// The stored versions of records the usage rollup sums, to take them
 	// out of it where the batch replaces them.
 	prior := map[string]*attrs{}
 	for ids := b.rolledIdents(); len(ids) > 0; {
 		n := min(len(ids), 1000)
-		rs, err := s.query(ctx, tx, selectStored(n), anys(ids[:n])...)
-		if err != nil {
-			return err
-		}
-		for rs.Next() {
+		err := s.scanAll(ctx, tx, selectStored(n), anys(ids[:n]), func(rs *sql.Rows) error {
 			a := &attrs{}
 			if err := rs.Scan(storedAttrs(a)...); err != nil {
-				rs.Close()
 				return err
 			}
 			prior[a.ident] = a
-		}
-		if err := errors.Join(rs.Err(), rs.Close()); err != nil {
+			return nil
+		})
+		if err != nil {
 			return err
 		}
 		ids = ids[n:]
@@ -452,6 +575,9 @@ func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
 		if s.buckets {
 			rows[i] = append(rows[i], s.seq)
 		}
+		if s.rids {
+			rows[i] = append(rows[i], rids[b.recs[i].ident])
+		}
 	}
 	if err := s.chunked(ctx, tx, rows, s.upsertRecords); err != nil {
 		return fmt.Errorf("records: %w", err)
@@ -461,17 +587,25 @@ func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
 	}
 	rows = rows[:0]
 	for _, a := range b.windows {
-		rows = append(rows, []any{a.ident, a.from, a.to, a.extractedAt})
+		var key any = a.ident
+		if s.rids {
+			key = rids[a.ident]
+		}
+		rows = append(rows, []any{key, a.from, a.to, a.extractedAt})
 	}
-	if err := s.chunked(ctx, tx, rows, upsertWindows); err != nil {
+	if err := s.chunked(ctx, tx, rows, s.upsertWindows); err != nil {
 		return fmt.Errorf("record_windows: %w", err)
 	}
 	rows = rows[:0]
 	months, roll := b.months(stored)
 	for _, m := range months {
-		rows = append(rows, m.values())
+		if s.rids {
+			rows = append(rows, append([]any{rids[cloudIdent(vmKey{m.site, m.vm})]}, m.values()...))
+		} else {
+			rows = append(rows, m.values())
+		}
 	}
-	if err := s.chunked(ctx, tx, rows, upsertMonths); err != nil {
+	if err := s.chunked(ctx, tx, rows, s.upsertMonths); err != nil {
 		return fmt.Errorf("cloud_months: %w", err)
 	}
 	if err := s.chunked(ctx, tx, roll.rows(), upsertRollup); err != nil {
