@@ -26,6 +26,10 @@
 //
 // Every extraction window a record came from is kept in record_windows.
 // Rows hold the record's protobuf bytes and indexed columns to filter on.
+// In SQLite, record_windows and cloud_months are keyed by the record's
+// rid, its number in the order records were first stored, so that a new
+// record's rows append instead of landing at the random place its VM's
+// UUID would give them (schema version 7).
 //
 // # Monthly cloud usage, as APEL's summariser computes it
 //
