@@ -261,8 +261,10 @@ func (s *sqliteStore) warm(ctx context.Context, b *batch) {
 	if n := min(len(b.vms), 1000); n > 0 && !s.rids {
 		qs = append(qs, selectMonths(n))
 	}
+	// The months read by rid are those of the VMs stored before, a
+	// number known only in the transaction: that statement is parsed there.
 	if n := min(len(b.recs), 1000); n > 0 && s.rids {
-		qs = append(qs, selectRids(n), selectRidMonths(n))
+		qs = append(qs, selectRids(n))
 	}
 	if n := min(len(b.rolledIdents()), 1000); n > 0 {
 		qs = append(qs, selectStored(n))
