@@ -27,6 +27,10 @@ type attrs struct {
 	ident string
 	key   string
 	typ   tallyv1.RecordType
+	// keyDerived: key is the one derived from the identity (keyOf), so
+	// GetRecord finds the record through the identity's index, and the
+	// key needs no index entry of its own (schema version 8).
+	keyDerived bool
 
 	region, site, project, vo, localUser, globalUser, status string
 	cpuCount                                                 int64
@@ -47,6 +51,48 @@ type attrs struct {
 	ipVersion, ipCount   int64
 
 	data []byte
+}
+
+// identKinds are the record kinds whose identity identify builds, and
+// whether it holds the site (after the kind, before the parts).
+var identKinds = map[string]bool{"cloud": true, "energy": true, "accelerator": false, "storage": false}
+
+// identify sets the identity of a record of kind from its parts (and the
+// site, for the kinds that hold it), and whether the key is the one the
+// extractors derive from them: the kind and the parts joined by "/"
+// ("cloud/<vm uuid>", "storage/<volume>/<unix time>"), the site left
+// out. Only a part free of "/" is derived, so that keyIdents inverts it.
+func (a *attrs) identify(kind string, parts ...string) {
+	id := []string{kind}
+	if identKinds[kind] {
+		id = append(id, a.site)
+	}
+	a.ident = strings.Join(append(id, parts...), sep)
+	a.keyDerived = a.key == kind+"/"+strings.Join(parts, "/")
+	for _, p := range parts {
+		if strings.Contains(p, "/") {
+			a.keyDerived = false
+		}
+	}
+}
+
+// keyIdents are the identities a record whose key was derived (identify)
+// may have, given the sites such records were stored under.
+func keyIdents(key string, sites []string) []string {
+	parts := strings.Split(key, "/")
+	sited, ok := identKinds[parts[0]]
+	if !ok || len(parts) < 2 {
+		return nil
+	}
+	if !sited {
+		return []string{strings.Join(parts, sep)}
+	}
+	rest := strings.Join(parts[1:], sep)
+	out := make([]string, len(sites))
+	for i, site := range sites {
+		out[i] = parts[0] + sep + site + sep + rest
+	}
+	return out
 }
 
 func unixMicro(ts *timestamppb.Timestamp) int64 {
@@ -90,7 +136,7 @@ func attrsOf(r *tallyv1.Record) (attrs, error) {
 			return reject("cloud record without VMUUID")
 		}
 		a.site = pick(c.GetSiteName(), p.GetSite())
-		a.ident = "cloud" + sep + a.site + sep + c.GetVmUuid()
+		a.identify("cloud", c.GetVmUuid())
 		a.project = pick(c.GetLocalGroupId(), a.project)
 		a.vo, a.localUser, a.globalUser, a.status = c.GetFqan(), c.GetLocalUserId(), c.GetGlobalUserName(), c.GetStatus()
 		a.cpuCount = int64(c.GetCpuCount())
@@ -110,7 +156,7 @@ func attrsOf(r *tallyv1.Record) (attrs, error) {
 		}
 		a.site = pick(c.GetSiteName(), p.GetSite())
 		a.year, a.month = int64(c.GetMeasurementYear()), int64(c.GetMeasurementMonth())
-		a.ident = fmt.Sprintf("accelerator%s%s%s%04d-%02d", sep, c.GetAssociatedRecord(), sep, a.year, a.month)
+		a.identify("accelerator", c.GetAssociatedRecord(), fmt.Sprintf("%04d-%02d", a.year, a.month))
 		a.vo, a.globalUser = c.GetFqan(), c.GetGlobalUserName()
 		from := time.Date(int(a.year), time.Month(a.month), 1, 0, 0, 0, 0, time.UTC)
 		a.start = from.Unix()
@@ -147,7 +193,7 @@ func attrsOf(r *tallyv1.Record) (attrs, error) {
 			measured = e
 		}
 		a.year, a.month = ym(measured)
-		a.ident = "storage" + sep + c.GetRecordId() + sep + strconv.FormatInt(measured, 10)
+		a.identify("storage", c.GetRecordId(), strconv.FormatInt(measured, 10))
 		active := e - a.start
 		if c.ActiveDuration != nil {
 			active = c.GetActiveDuration()
@@ -168,7 +214,7 @@ func attrsOf(r *tallyv1.Record) (attrs, error) {
 			a.end, measured = &e, e
 		}
 		a.year, a.month = ym(measured)
-		a.ident = "energy" + sep + a.site + sep + c.GetExecUnitId() + sep + strconv.FormatInt(measured, 10)
+		a.identify("energy", c.GetExecUnitId(), strconv.FormatInt(measured, 10))
 	default:
 		return reject("no payload")
 	}

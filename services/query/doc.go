@@ -31,6 +31,15 @@
 // record's rows append instead of landing at the random place its VM's
 // UUID would give them (schema version 7).
 //
+// GetRecord finds a record by its key. The extractors derive a record's
+// key from its identity ("cloud/<vm uuid>", "storage/<volume>/<unix
+// time>": the identity's parts without the site, joined by "/"); such a
+// record has no key index entry, and GetRecord turns the key back into
+// the identities it may stand for, one per site in key_sites, and reads
+// them through the identity's index. A key given otherwise is indexed
+// (records_key_given). A key as random as a UUID took a random index
+// page per record at every write (schema version 8).
+//
 // # Monthly cloud usage, as APEL's summariser computes it
 //
 // APEL's SummariseVMs (schemas/cloud.sql) sums, per month, each

@@ -118,8 +118,10 @@ func accel(vmID, site, vo, project string, year, month int32, count int32, secon
 		}}}
 }
 
+// storage is a volume's storage record measured at to, keyed as
+// extractor-cinder keys them.
 func storage(vol, site, vo, project string, gib int64, from, to time.Time) *tallyv1.Record {
-	return &tallyv1.Record{Key: "storage/" + vol + "/" + to.Format(time.RFC3339), Provenance: prov(project, from, to),
+	return &tallyv1.Record{Key: fmt.Sprintf("storage/%s/%d", vol, to.Unix()), Provenance: prov(project, from, to),
 		Payload: &tallyv1.Record_Storage{Storage: &tallyv1.StorageRecord{
 			RecordId: vol, CreateTime: ts(to), StorageSystem: site + "-cinder", Site: proto.String(site),
 			LocalGroup: proto.String(project), Group: proto.String(vo), StartTime: ts(from), EndTime: ts(to),

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
@@ -123,7 +124,7 @@ func TestMigrationFromV4(t *testing.T) {
 		{Start: ts(at("2026-02-10T00:00:00Z"))},
 	}
 	for _, b := range backends {
-		for _, from := range []int{4, 5, 6} {
+		for _, from := range []int{4, 5, 6, 7} {
 			t.Run(fmt.Sprintf("%s/v%d", b.name, from), func(t *testing.T) { upgradeFrom(t, b, from, filters) })
 		}
 	}
@@ -162,10 +163,19 @@ func upgradeFrom(t *testing.T, b backend, from int, filters []*tallyv1.RecordFil
 			t.Errorf("List(%v) after the upgrade (-before +after):\n%s", flt, diff)
 		}
 	}
+	// Records stored before the upgrade are found by key.
+	for _, want := range []*tallyv1.Record{f.vmA1, f.acc1} {
+		if got, err := s.Get(ctx, want.GetKey()); err != nil || !proto.Equal(got, want) {
+			t.Errorf("Get(%q) after the upgrade = %v, %v; want the record stored before", want.GetKey(), got, err)
+		}
+	}
 	// vm-a's second month takes its delta from the first, written
 	// before the upgrade; acc1's redelivery is not counted twice.
 	f.write(t, s)
 	write(t, s, f.acc1)
+	if got, err := s.Get(ctx, f.vmA2.GetKey()); err != nil || !proto.Equal(got, f.vmA2) {
+		t.Errorf("Get(%q) after a write = %v, %v; want the later record", f.vmA2.GetKey(), got, err)
+	}
 	sum, err := s.Summarize(ctx, &tallyv1.RecordFilter{Vos: []string{"atlas"}}, []tallyv1.UsageGroupBy{tallyv1.UsageGroupBy_USAGE_GROUP_BY_MONTH})
 	if err != nil {
 		t.Fatal(err)

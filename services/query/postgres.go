@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -27,6 +29,14 @@ const writeLock = 0x7461_6c6c_7971 // "tallyq"
 type pgStore struct {
 	reader
 	pool *pgxpool.Pool
+	// upsertRecord is the records upsert for the store's version; derived:
+	// records carry key_derived (schema version 8).
+	upsertRecord string
+	derived      bool
+	// sites are those key_sites holds already, as far as this process
+	// knows.
+	sitesMu sync.Mutex
+	sites   map[string]bool
 }
 
 func openPostgres(ctx context.Context, dsn string, target int) (*pgStore, error) {
@@ -48,6 +58,17 @@ func openPostgres(ctx context.Context, dsn string, target int) (*pgStore, error)
 	if err := s.migrate(ctx, target); err != nil {
 		pool.Close()
 		return nil, err
+	}
+	v, err := s.SchemaVersion(ctx)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	s.derived, s.sites = v >= derivedKeysVersion, map[string]bool{}
+	s.reader.derivedKeys = s.derived
+	s.upsertRecord = pgUpsertRecords(recordColumns)
+	if s.derived {
+		s.upsertRecord = pgUpsertRecords(append(slices.Clone(recordColumns), "key_derived"))
 	}
 	return s, nil
 }
@@ -122,11 +143,7 @@ func (s *pgStore) migrate(ctx context.Context, target int) error {
 }
 
 var (
-	pgUpsertRecord = "INSERT INTO records (" + strings.Join(recordColumns, ", ") + ") SELECT * FROM unnest(" +
-		unnestArgs(recordColumns, map[int]string{0: "text", 1: "text", 3: "text", 4: "text", 5: "text", 6: "text", 7: "text", 8: "text", 9: "text",
-			20: "float8", 21: "float8", 22: "float8", 25: "bytea"}) +
-		") ON CONFLICT (ident) DO UPDATE SET " + upsertSet(recordColumns, "ident") +
-		" WHERE excluded.extracted_at >= records.extracted_at"
+	pgUpsertSites  = "INSERT INTO key_sites (site) SELECT * FROM unnest($1::text[]) ON CONFLICT DO NOTHING"
 	pgUpsertWindow = "INSERT INTO record_windows (ident, window_from, window_to, extracted_at) " +
 		"SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) " +
 		"ON CONFLICT (ident, window_from, window_to) DO UPDATE SET extracted_at = excluded.extracted_at " +
@@ -144,6 +161,16 @@ var (
 	pgSelectMonths = "SELECT " + strings.Join(prefixed("m.", monthColumns), ", ") +
 		" FROM cloud_months m JOIN unnest($1::text[], $2::text[]) AS k(site, vm) ON m.site = k.site AND m.vm_uuid = k.vm"
 )
+
+// pgUpsertRecords is the records upsert of cols: recordColumns, then
+// key_derived from derivedKeysVersion.
+func pgUpsertRecords(cols []string) string {
+	return "INSERT INTO records (" + strings.Join(cols, ", ") + ") SELECT * FROM unnest(" +
+		unnestArgs(cols, map[int]string{0: "text", 1: "text", 3: "text", 4: "text", 5: "text", 6: "text", 7: "text", 8: "text", 9: "text",
+			20: "float8", 21: "float8", 22: "float8", 25: "bytea"}) +
+		") ON CONFLICT (ident) DO UPDATE SET " + upsertSet(cols, "ident") +
+		" WHERE excluded.extracted_at >= records.extracted_at"
+}
 
 // unnestArgs lists $n::type[] for each column; types not given are int8.
 func unnestArgs(cols []string, types map[int]string) string {
@@ -212,10 +239,10 @@ func convert[T any](vals []any) []T {
 	return out
 }
 
-// recordArrays is b.recs as one typed array per column of recordColumns:
-// built directly, not through columns, because a batch's records are most
-// of what a write sends.
-func recordArrays(recs []attrs) []any {
+// recordArrays is b.recs as one typed array per column of recordColumns,
+// and of key_derived if derived: built directly, not through columns,
+// because a batch's records are most of what a write sends.
+func recordArrays(recs []attrs, derived bool) []any {
 	n := len(recs)
 	str := func(f func(a *attrs) string) []string {
 		out := make([]string, n)
@@ -243,7 +270,7 @@ func recordArrays(recs []attrs) []any {
 	for i := range recs {
 		ends[i], data[i] = recs[i].end, recs[i].data
 	}
-	return []any{
+	out := []any{
 		str(func(a *attrs) string { return a.ident }), str(func(a *attrs) string { return a.key }),
 		num(func(a *attrs) int64 { return int64(a.typ) }), str(func(a *attrs) string { return a.region }),
 		str(func(a *attrs) string { return a.site }), str(func(a *attrs) string { return a.project }),
@@ -257,6 +284,10 @@ func recordArrays(recs []attrs) []any {
 		flt(func(a *attrs) float64 { return a.gpu }), flt(func(a *attrs) float64 { return a.gbSeconds }),
 		num(func(a *attrs) int64 { return a.ipVersion }), num(func(a *attrs) int64 { return a.ipCount }), data,
 	}
+	if derived {
+		out = append(out, num(func(a *attrs) int64 { return boolInt(a.keyDerived) }))
+	}
+	return out
 }
 
 func (s *pgStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
@@ -267,9 +298,24 @@ func (s *pgStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
 	if err != nil {
 		return err
 	}
-	if err := s.tx(ctx, func(tx pgx.Tx) error { return pgWrite(ctx, tx.Conn(), b) }); err != nil {
+	var sites []string
+	if s.derived {
+		s.sitesMu.Lock()
+		for _, site := range b.keySites() {
+			if !s.sites[site] {
+				sites = append(sites, site)
+			}
+		}
+		s.sitesMu.Unlock()
+	}
+	if err := s.tx(ctx, func(tx pgx.Tx) error { return s.write(ctx, tx.Conn(), b, sites) }); err != nil {
 		return fmt.Errorf("query: write: %w", err)
 	}
+	s.sitesMu.Lock()
+	for _, site := range sites {
+		s.sites[site] = true
+	}
+	s.sitesMu.Unlock()
 	return nil
 }
 
@@ -281,14 +327,19 @@ const pgChunk = 250
 
 var pgSelectStored = "SELECT " + strings.Join(storedColumns, ", ") + " FROM records WHERE ident = ANY($1::text[])"
 
-// pgWrite writes the batch in the transaction on conn, as one pipeline:
+// write writes the batch in the transaction on conn, as one pipeline:
 // the reads of the stored rows the rollups depend on, then the records
 // (which do not depend on them), and only then, computed while the
-// server stores the records, the rollups and cloud months.
-func pgWrite(ctx context.Context, conn *pgx.Conn, b *batch) error {
+// server stores the records, the rollups and cloud months; and sites in
+// key_sites.
+func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []string) error {
 	ids := b.rolledIdents()
 	sds := map[string]*pgconn.StatementDescription{}
-	for _, q := range []string{pgSelectMonths, pgSelectStored, pgUpsertRecord, pgUpsertWindow, pgUpsertUsage, pgUpsertMonth, pgUpsertRollup} {
+	qs := []string{pgSelectMonths, pgSelectStored, s.upsertRecord, pgUpsertWindow, pgUpsertUsage, pgUpsertMonth, pgUpsertRollup}
+	if len(sites) > 0 {
+		qs = append(qs, pgUpsertSites)
+	}
+	for _, q := range qs {
 		// Prepared once per connection: pgx keeps them by name.
 		sd, err := conn.Prepare(ctx, q, q)
 		if err != nil {
@@ -368,10 +419,15 @@ func pgWrite(ctx context.Context, conn *pgx.Conn, b *batch) error {
 	p.SendFlushRequest()
 	for recs := b.recs; len(recs) > 0; {
 		n := min(len(recs), pgChunk)
-		if err := send(pgUpsertRecord, recordArrays(recs[:n])...); err != nil {
+		if err := send(s.upsertRecord, recordArrays(recs[:n], s.derived)...); err != nil {
 			return err
 		}
 		recs = recs[n:]
+	}
+	if len(sites) > 0 {
+		if err := send(pgUpsertSites, sites); err != nil {
+			return err
+		}
 	}
 	winRows := make([][]any, len(b.windows))
 	for i, a := range b.windows {

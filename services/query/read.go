@@ -28,6 +28,9 @@ type reader struct {
 	query querier
 	// buckets: List walks SQLite's bucket indexes (schema version 6).
 	buckets bool
+	// derivedKeys: a derived key is found through the identity's index
+	// (schema version 8).
+	derivedKeys bool
 }
 
 // cond is a WHERE clause under construction.
@@ -103,7 +106,14 @@ func where(f *tallyv1.RecordFilter, types []tallyv1.RecordType, start, end strin
 }
 
 func (r *reader) Get(ctx context.Context, key string) (*tallyv1.Record, error) {
-	rs, err := r.query(ctx, r.d.bind("SELECT data FROM records WHERE key = ? ORDER BY extracted_at DESC, ident LIMIT 1"), key)
+	q, args := "SELECT data FROM records WHERE key = ? ORDER BY extracted_at DESC, ident LIMIT 1", []any{key}
+	if r.derivedKeys {
+		var err error
+		if q, args, err = r.getDerived(ctx, key); err != nil {
+			return nil, fmt.Errorf("query: get %q: %w", key, err)
+		}
+	}
+	rs, err := r.query(ctx, r.d.bind(q), args...)
 	if err != nil {
 		return nil, fmt.Errorf("query: get %q: %w", key, err)
 	}
@@ -119,6 +129,38 @@ func (r *reader) Get(ctx context.Context, key string) (*tallyv1.Record, error) {
 		return nil, fmt.Errorf("query: get %q: %w", key, err)
 	}
 	return decode(data)
+}
+
+// getDerived is Get's query where a derived key has no entry in the key
+// index: the records whose key was given (records_key_given), and those
+// of the identities the key may have been derived from.
+func (r *reader) getDerived(ctx context.Context, key string) (string, []any, error) {
+	var sites []string
+	if kind, _, _ := strings.Cut(key, "/"); identKinds[kind] {
+		rs, err := r.query(ctx, "SELECT site FROM key_sites")
+		if err != nil {
+			return "", nil, err
+		}
+		defer rs.Close()
+		for rs.Next() {
+			var site string
+			if err := rs.Scan(&site); err != nil {
+				return "", nil, err
+			}
+			sites = append(sites, site)
+		}
+		if err := rs.Err(); err != nil {
+			return "", nil, err
+		}
+	}
+	q := "SELECT data, extracted_at, ident FROM records WHERE key = ? AND key_derived = 0"
+	args := []any{key}
+	if ids := keyIdents(key, sites); len(ids) > 0 {
+		q += " UNION ALL SELECT data, extracted_at, ident FROM records WHERE ident IN (" + placeholders(len(ids)) +
+			") AND key = ? AND key_derived = 1"
+		args = append(append(args, anys(ids)...), key)
+	}
+	return "SELECT data FROM (" + q + ") AS r ORDER BY extracted_at DESC, ident LIMIT 1", args, nil
 }
 
 func decode(data []byte) (*tallyv1.Record, error) {

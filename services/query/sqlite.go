@@ -41,6 +41,11 @@ type sqliteStore struct {
 	rids          bool
 	upsertWindows func(rows int) string
 	upsertMonths  func(rows int) string
+	// derived: records carry key_derived (schema version 8); sites are
+	// those key_sites holds already, as far as this writer knows
+	// (writeMu).
+	derived bool
+	sites   map[string]bool
 	// commits counts writes (writeMu), checkpoint wakes the checkpointer
 	// every checkpointEvery of them; stop ends it.
 	commits          int
@@ -102,9 +107,12 @@ func openSQLite(ctx context.Context, path string, target, cacheMiB int) (*sqlite
 		s.Close()
 		return nil, fmt.Errorf("%w (store %s)", err, path)
 	}
-	s.buckets, s.rids = v >= bucketsVersion, v >= ridsVersion
+	s.buckets, s.rids, s.derived = v >= bucketsVersion, v >= ridsVersion, v >= derivedKeysVersion
+	s.reader.derivedKeys, s.sites = s.derived, map[string]bool{}
 	s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(recordColumns), upsertWindows, upsertMonths
 	switch {
+	case s.derived:
+		s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(derivedColumns), upsertRidWindows, upsertRidMonths
 	case s.rids:
 		s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(ridColumns), upsertRidWindows, upsertRidMonths
 	case s.buckets:
@@ -319,6 +327,14 @@ const ridsVersion = 7
 // ridColumns are the columns of SQLite's records from ridsVersion.
 var ridColumns = append(slices.Clone(seqColumns), "rid")
 
+// derivedKeysVersion is the schema version that gave records
+// key_derived, and left derived keys out of the key index.
+const derivedKeysVersion = 8
+
+// derivedColumns are the columns of SQLite's records from
+// derivedKeysVersion.
+var derivedColumns = append(slices.Clone(ridColumns), "key_derived")
+
 // upsertRecords builds the records upsert of cols. An update keeps the
 // row's seq: its bucket index entries stay where they are unless their
 // columns change.
@@ -397,16 +413,27 @@ func (s *sqliteStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
 	// A clock set back only costs appends, never order: seq orders no
 	// read.
 	s.seq = max(s.seq+1, time.Now().UnixMicro())
+	var sites []string
+	if s.derived {
+		for _, site := range b.keySites() {
+			if !s.sites[site] {
+				sites = append(sites, site)
+			}
+		}
+	}
 	tx, err := s.wdb.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("query: write: %w", err)
 	}
 	defer tx.Rollback()
-	if err := s.write(ctx, tx, b); err != nil {
+	if err := s.write(ctx, tx, b, sites); err != nil {
 		return fmt.Errorf("query: write: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("query: write: commit: %w", err)
+	}
+	for _, site := range sites {
+		s.sites[site] = true
 	}
 	if s.commits++; s.commits%checkpointEvery == 0 {
 		select {
@@ -495,6 +522,13 @@ func (s *sqliteStore) ridsOf(ctx context.Context, tx *sql.Tx, b *batch) (map[str
 	return rids, before, nil
 }
 
+func boolInt(v bool) int64 {
+	if v {
+		return 1
+	}
+	return 0
+}
+
 func cloudIdent(k vmKey) string { return "cloud" + sep + k.site + sep + k.vm }
 
 // storedMonths reads the stored months of the batch's VMs.
@@ -540,7 +574,8 @@ func (s *sqliteStore) storedMonths(ctx context.Context, tx *sql.Tx, b *batch, ri
 	return stored, nil
 }
 
-func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
+// write stores the batch in tx, and sites in key_sites.
+func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch, sites []string) error {
 	var rids map[string]int64
 	var before int64
 	if s.rids {
@@ -580,9 +615,18 @@ func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
 		if s.rids {
 			rows[i] = append(rows[i], rids[b.recs[i].ident])
 		}
+		if s.derived {
+			rows[i] = append(rows[i], boolInt(b.recs[i].keyDerived))
+		}
 	}
 	if err := s.chunked(ctx, tx, rows, s.upsertRecords); err != nil {
 		return fmt.Errorf("records: %w", err)
+	}
+	if len(sites) > 0 {
+		q := "INSERT INTO key_sites (site) VALUES " + tuples(len(sites), 1) + " ON CONFLICT DO NOTHING"
+		if _, err := tx.ExecContext(ctx, q, anys(sites)...); err != nil {
+			return fmt.Errorf("key_sites: %w", err)
+		}
 	}
 	if err := s.chunked(ctx, tx, b.usage(prior).rows(), upsertUsage); err != nil {
 		return fmt.Errorf("usage_rollup: %w", err)

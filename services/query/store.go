@@ -97,6 +97,20 @@ type batch struct {
 	clouds  map[vmKey][]monthRow
 }
 
+// keySites are the sites of the batch's records with derived keys whose
+// identity holds the site: the sites GetRecord tries for such a key.
+func (b *batch) keySites() []string {
+	var out []string
+	for i := range b.recs {
+		a := &b.recs[i]
+		kind, _, _ := strings.Cut(a.ident, sep)
+		if a.keyDerived && identKinds[kind] && !slices.Contains(out, a.site) {
+			out = append(out, a.site)
+		}
+	}
+	return out
+}
+
 // window is a row of record_windows.
 type window struct {
 	ident                 string
