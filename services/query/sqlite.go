@@ -46,8 +46,14 @@ type sqliteStore struct {
 	// (writeMu).
 	derived bool
 	sites   map[string]bool
-	// commits counts writes (writeMu), checkpoint wakes the checkpointer
-	// every checkpointEvery of them; stop ends it.
+	// queue holds the batches waiting for a commit; leading: a writer is
+	// committing them; enqueued counts batches ever queued (all qmu).
+	qmu      sync.Mutex
+	queue    []*queued
+	leading  bool
+	enqueued int
+	// commits counts transactions (writeMu), checkpoint wakes the
+	// checkpointer every checkpointEvery of them; stop ends it.
 	commits          int
 	checkpoint, stop chan struct{}
 	stopOnce         sync.Once
@@ -399,6 +405,8 @@ func tuples(rows, n int) string {
 	return strings.TrimSuffix(strings.Repeat(one+", ", rows), ", ")
 }
 
+// Write stores a batch; the batches of concurrent Writes are committed
+// together (commitGroup).
 func (s *sqliteStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
 	if len(recs) == 0 {
 		return nil
@@ -407,17 +415,91 @@ func (s *sqliteStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
 	if err != nil {
 		return err
 	}
+	q := &queued{b: b, done: make(chan groupResult, 1)}
+	s.qmu.Lock()
+	s.queue = append(s.queue, q)
+	s.enqueued++
+	lead := !s.leading
+	s.leading = true
+	s.qmu.Unlock()
+	if !lead {
+		// A batch once queued is committed whatever becomes of ctx:
+		// its writer waits for the commit, which is soon.
+		if r := <-q.done; !r.lead {
+			return r.err
+		}
+	}
+	// This writer commits the queue's groups until its own batch is
+	// done, then hands the lead to the next writer waiting.
+	for {
+		s.qmu.Lock()
+		n := min(len(s.queue), maxGroup)
+		group := slices.Clone(s.queue[:n])
+		s.queue = slices.Delete(s.queue, 0, n)
+		s.qmu.Unlock()
+		s.commitGroup(context.WithoutCancel(ctx), group)
+		select {
+		case r := <-q.done:
+			s.qmu.Lock()
+			if len(s.queue) > 0 {
+				s.queue[0].done <- groupResult{lead: true}
+			} else {
+				s.leading = false
+			}
+			s.qmu.Unlock()
+			return r.err
+		default: // more batches were ahead of this one
+		}
+	}
+}
+
+// maxGroup is the most batches one transaction commits. Every commit
+// writes each page its batches dirtied to the WAL and syncs it: batches
+// committed together write a page they share once (the rollups', the
+// last page of each appending index), and sync once.
+const maxGroup = 8
+
+// queued is a batch waiting for its group's commit. done receives its
+// result; or, while its writer waits, the lead: it commits the next
+// groups.
+type queued struct {
+	b    *batch
+	done chan groupResult
+}
+
+type groupResult struct {
+	err  error
+	lead bool
+}
+
+// commitGroup commits the batches of group in one transaction and
+// answers each. If that fails, it commits each batch alone, so that a
+// batch the store refuses fails only its own Write.
+func (s *sqliteStore) commitGroup(ctx context.Context, group []*queued) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
-	s.warm(ctx, b)
-	// A clock set back only costs appends, never order: seq orders no
-	// read.
-	s.seq = max(s.seq+1, time.Now().UnixMicro())
+	err := s.commit(ctx, group)
+	if err != nil && len(group) > 1 {
+		for _, q := range group {
+			q.done <- groupResult{err: s.commit(ctx, []*queued{q})}
+		}
+		return
+	}
+	for _, q := range group {
+		q.done <- groupResult{err: err}
+	}
+}
+
+// commit writes the batches of group in one transaction (writeMu held).
+func (s *sqliteStore) commit(ctx context.Context, group []*queued) error {
 	var sites []string
-	if s.derived {
-		for _, site := range b.keySites() {
-			if !s.sites[site] {
-				sites = append(sites, site)
+	for _, q := range group {
+		s.warm(ctx, q.b)
+		if s.derived {
+			for _, site := range q.b.keySites() {
+				if !s.sites[site] && !slices.Contains(sites, site) {
+					sites = append(sites, site)
+				}
 			}
 		}
 	}
@@ -426,8 +508,19 @@ func (s *sqliteStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
 		return fmt.Errorf("query: write: %w", err)
 	}
 	defer tx.Rollback()
-	if err := s.write(ctx, tx, b, sites); err != nil {
-		return fmt.Errorf("query: write: %w", err)
+	for _, q := range group {
+		// A clock set back only costs appends, never order: seq orders
+		// no read.
+		s.seq = max(s.seq+1, time.Now().UnixMicro())
+		if err := s.write(ctx, tx, q.b); err != nil {
+			return fmt.Errorf("query: write: %w", err)
+		}
+	}
+	if len(sites) > 0 {
+		q := "INSERT INTO key_sites (site) VALUES " + tuples(len(sites), 1) + " ON CONFLICT DO NOTHING"
+		if _, err := tx.ExecContext(ctx, q, anys(sites)...); err != nil {
+			return fmt.Errorf("query: write: key_sites: %w", err)
+		}
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("query: write: commit: %w", err)
@@ -574,8 +667,7 @@ func (s *sqliteStore) storedMonths(ctx context.Context, tx *sql.Tx, b *batch, ri
 	return stored, nil
 }
 
-// write stores the batch in tx, and sites in key_sites.
-func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch, sites []string) error {
+func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
 	var rids map[string]int64
 	var before int64
 	if s.rids {
@@ -621,12 +713,6 @@ func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch, sites []s
 	}
 	if err := s.chunked(ctx, tx, rows, s.upsertRecords); err != nil {
 		return fmt.Errorf("records: %w", err)
-	}
-	if len(sites) > 0 {
-		q := "INSERT INTO key_sites (site) VALUES " + tuples(len(sites), 1) + " ON CONFLICT DO NOTHING"
-		if _, err := tx.ExecContext(ctx, q, anys(sites)...); err != nil {
-			return fmt.Errorf("key_sites: %w", err)
-		}
 	}
 	if err := s.chunked(ctx, tx, b.usage(prior).rows(), upsertUsage); err != nil {
 		return fmt.Errorf("usage_rollup: %w", err)
