@@ -16,14 +16,13 @@ import (
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 )
 
-// heldSQLite opens a SQLite store and holds its writer lock until the
-// returned release is called, with want batches queued: concurrent Writes
-// then meet in the queue, as under load.
-func heldSQLite(t *testing.T) (*sqliteStore, func(want int)) {
+// hold takes s's writer lock and returns its release, which first waits
+// until want batches were ever queued: Writes started meanwhile meet in
+// the queue, as under load.
+func hold(t *testing.T, s *sqliteStore) func(want int) {
 	t.Helper()
-	s := openAt(t, "sqlite://"+filepath.Join(t.TempDir(), "q.db")).(*sqliteStore)
 	s.writeMu.Lock()
-	return s, func(want int) {
+	return func(want int) {
 		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 			s.qmu.Lock()
 			n := s.enqueued
@@ -37,6 +36,24 @@ func heldSQLite(t *testing.T) (*sqliteStore, func(want int)) {
 		}
 		s.writeMu.Unlock()
 	}
+}
+
+// writeAll writes each batch from a goroutine of its own while s's
+// writer lock is held, and returns each Write's error.
+func writeAll(t *testing.T, s *sqliteStore, batches [][]*tallyv1.Record) []error {
+	t.Helper()
+	s.qmu.Lock()
+	before := s.enqueued
+	s.qmu.Unlock()
+	release := hold(t, s)
+	errs := make([]error, len(batches))
+	var wg sync.WaitGroup
+	for i, b := range batches {
+		wg.Go(func() { errs[i] = s.Write(context.Background(), b) })
+	}
+	release(before + len(batches))
+	wg.Wait()
+	return errs
 }
 
 // TestGroupCommit writes the same records from concurrent writers, whose
@@ -60,45 +77,48 @@ func TestGroupCommit(t *testing.T) {
 	}
 	poison := []*tallyv1.Record{vm{id: "vm-poison", site: "S1", vo: "poison", project: "p", cpus: 1, start: start}.cloud(start, start.Add(time.Hour))}
 
-	s, release := heldSQLite(t)
+	s := openAt(t, "sqlite://"+filepath.Join(t.TempDir(), "q.db")).(*sqliteStore)
+	for i, err := range writeAll(t, s, batches) {
+		if err != nil {
+			t.Errorf("batch %d: %v", i, err)
+		}
+	}
+	// All but the first writer's batch waited in the queue while the
+	// lock was held: two groups at most.
+	s.writeMu.Lock()
+	commits := s.commits
+	s.writeMu.Unlock()
+	if commits > 2 {
+		t.Errorf("%d transactions for %d batches", commits, len(batches))
+	}
+
 	// A trigger refuses the poisoned batch in the transaction, where a
-	// broken disk or a constraint would.
+	// broken disk or a constraint would: it fails alone.
 	if _, err := s.db.ExecContext(ctx, `CREATE TRIGGER poison BEFORE INSERT ON records WHEN NEW.vo = 'poison'
 		BEGIN SELECT RAISE(ABORT, 'poisoned record'); END`); err != nil {
 		t.Fatal(err)
 	}
-	all := append(batches[:len(batches):len(batches)], poison)
-	errs := make([]error, len(all))
-	var wg sync.WaitGroup
-	for i, b := range all {
-		wg.Go(func() { errs[i] = s.Write(ctx, b) })
+	later := vm{id: "vm-later", site: "S1", vo: "atlas", project: "p", cpus: 1, start: start}
+	errs := writeAll(t, s, [][]*tallyv1.Record{poison, {later.cloud(start, start.Add(time.Hour))}})
+	if errs[0] == nil || !strings.Contains(errs[0].Error(), "poisoned record") {
+		t.Errorf("poisoned batch: Write = %v, want the trigger's error", errs[0])
 	}
-	release(len(all))
-	wg.Wait()
-	for i, err := range errs {
-		if i == len(all)-1 {
-			if err == nil || !strings.Contains(err.Error(), "poisoned record") {
-				t.Errorf("poisoned batch: Write = %v, want the trigger's error", err)
-			}
-		} else if err != nil {
-			t.Errorf("batch %d: %v", i, err)
-		}
-	}
-	s.writeMu.Lock()
-	commits := s.commits
-	s.writeMu.Unlock()
-	// All but the first writer's batch wait in the queue while the lock
-	// is held: at most two groups, and the retry of each batch of the
-	// group the poisoned one failed.
-	if commits > 2+len(all) || commits < 2 {
-		t.Errorf("%d transactions for %d batches", commits, len(all))
+	if errs[1] != nil {
+		t.Errorf("batch beside the poisoned one: %v", errs[1])
 	}
 	if _, err := s.Get(ctx, poison[0].GetKey()); !errors.Is(err, ErrNotFound) {
 		t.Errorf("Get(poisoned) = %v, want ErrNotFound", err)
 	}
+	if _, err := s.Get(ctx, "cloud/vm-later"); err != nil {
+		t.Errorf("Get(batch beside the poisoned one) = %v", err)
+	}
+	if _, err := s.db.ExecContext(ctx, "DROP TRIGGER poison"); err != nil {
+		t.Fatal(err)
+	}
+	write(t, s, batches[0]...) // a redelivery changes nothing
 
 	seq := openAt(t, "sqlite://"+filepath.Join(t.TempDir(), "seq.db"))
-	for _, b := range batches {
+	for _, b := range append(batches, []*tallyv1.Record{later.cloud(start, start.Add(time.Hour))}) {
 		write(t, seq, b...)
 	}
 	list := func(st Store) []*tallyv1.Record {
@@ -135,7 +155,8 @@ func TestGroupCommit(t *testing.T) {
 // must hand the lead on, or the others would wait for ever.
 func TestGroupCommitHandsOver(t *testing.T) {
 	ctx := context.Background()
-	s, release := heldSQLite(t)
+	s := openAt(t, "sqlite://"+filepath.Join(t.TempDir(), "q.db")).(*sqliteStore)
+	release := hold(t, s)
 	const writers = 3 * maxGroup
 	start := at("2026-01-10T00:00:00Z")
 	var wg sync.WaitGroup
