@@ -233,10 +233,11 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// BenchmarkUpgradeToRids times a SQLite store's upgrade to schema version
-// 7 (ridsVersion), which rebuilds record_windows and cloud_months, for a
-// store written at version 6: the pause an upgraded tally's first start
-// takes. The store is filled with four writers, as BenchmarkStore's.
+// BenchmarkUpgradeToRids times a SQLite store's upgrade from schema
+// version 6 to the latest: 7 (ridsVersion) rebuilds record_windows and
+// cloud_months, 8 (derivedKeysVersion) builds the index of given keys.
+// It is the pause an upgraded tally's first start takes. The store is
+// filled with four writers, as BenchmarkStore's.
 func BenchmarkUpgradeToRids(b *testing.B) {
 	ctx := context.Background()
 	for _, n := range benchSizes() {
