@@ -3,6 +3,7 @@ package verifier
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -24,7 +25,7 @@ import (
 // benchNotification is a legacy Nova notification in the v2 envelope, the
 // size of the recorded ones.
 func benchNotification(i int, eventType string, launched time.Time) []byte {
-	id := fmt.Sprintf("%08x-0000-4000-8000-%012x", i/2, i/2)
+	id := benchInstanceID(i / 2)
 	payload := map[string]any{"tenant_id": "c9a9ee822ef148159e0fc394466a970e", "instance_id": id,
 		"instance_type": "m1.plain", "instance_type_id": 1, "instance_flavor_id": "1ccc9366-063c-4f4f-b477-a794abc91618",
 		"launched_at": launched.Format("2006-01-02T15:04:05.000000"), "deleted_at": "", "terminated_at": "",
@@ -42,6 +43,21 @@ func benchNotification(i int, eventType string, launched time.Time) []byte {
 	return b
 }
 
+// benchInstanceID is the k-th instance's id: a UUID from a hash of k, as
+// random as the ones Nova gives, so that every table and index keyed by
+// the instance takes a new instance at a random place, as in production.
+// TALLY_BENCH_IDS=sequential gives ids in order ("0000002a-0000-4000-
+// 8000-00000000002a"), as the figures before 2026-11-25 did.
+func benchInstanceID(k int) string {
+	if benchSequentialIDs {
+		return fmt.Sprintf("%08x-0000-4000-8000-%012x", k, k)
+	}
+	h := sha256.Sum256([]byte("instance" + strconv.Itoa(k)))
+	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
+}
+
+var benchSequentialIDs = os.Getenv("TALLY_BENCH_IDS") == "sequential"
+
 // benchBodies makes benchNotification's bodies from two templates, byte
 // for byte the same, at a fraction of the cost: at a million
 // notifications, marshalling each one would take a good part of the CPU
@@ -55,7 +71,7 @@ func newBenchBodies(launched time.Time) *benchBodies {
 	split := func(ev string) [][]byte {
 		b := benchNotification(2*benchID+1, ev, launched)
 		b = bytes.ReplaceAll(b, []byte(fmt.Sprintf("bench-%d", 2*benchID+1)), []byte("bench-\x00m"))
-		b = bytes.ReplaceAll(b, []byte(fmt.Sprintf("%08x-0000-4000-8000-%012x", benchID, benchID)), []byte("\x00i"))
+		b = bytes.ReplaceAll(b, []byte(benchInstanceID(benchID)), []byte("\x00i"))
 		return bytes.Split(b, []byte("\x00"))
 	}
 	return &benchBodies{create: split("compute.instance.create.end"), exists: split("compute.instance.exists")}
@@ -67,7 +83,7 @@ func (t *benchBodies) body(i int) []byte {
 	if i%2 == 1 {
 		parts = t.exists
 	}
-	id := fmt.Sprintf("%08x-0000-4000-8000-%012x", i/2, i/2)
+	id := benchInstanceID(i / 2)
 	out := make([]byte, 0, 1400)
 	out = append(out, parts[0]...)
 	for _, p := range parts[1:] {
