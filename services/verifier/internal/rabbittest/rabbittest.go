@@ -75,8 +75,18 @@ func (b *Broker) Track(exchanges, queues []string) {
 }
 
 func (b *Broker) cleanup() {
-	// A fresh channel: the test may have broken the admin one.
-	if ch, err := b.Conn.Channel(); err == nil {
+	// A fresh channel: the test may have broken the admin one. A fresh
+	// connection if the broker closed this one (a resource alarm during a
+	// benchmark's publishing does): a queue left behind would keep its
+	// messages, a million in a benchmark's, in the broker's memory.
+	conn := b.Conn
+	if conn.IsClosed() {
+		if c, err := amqp.Dial(URL()); err == nil {
+			defer c.Close()
+			conn = c
+		}
+	}
+	if ch, err := conn.Channel(); err == nil {
 		for _, q := range b.queues {
 			_, _ = ch.QueueDelete(q, false, false, false)
 		}
