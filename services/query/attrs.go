@@ -27,7 +27,7 @@ type attrs struct {
 	ident string
 	key   string
 	typ   tallyv1.RecordType
-	// keyDerived: key is the one derived from the identity (keyOf), so
+	// keyDerived: key is the one derived from the identity (identify), so
 	// GetRecord finds the record through the identity's index, and the
 	// key needs no index entry of its own (schema version 8).
 	keyDerived bool

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -29,14 +28,9 @@ const writeLock = 0x7461_6c6c_7971 // "tallyq"
 type pgStore struct {
 	reader
 	pool *pgxpool.Pool
-	// upsertRecord is the records upsert for the store's version; derived:
-	// records carry key_derived (schema version 8).
+	// upsertRecord is the records upsert for the store's version.
 	upsertRecord string
-	derived      bool
-	// sites are those key_sites holds already, as far as this process
-	// knows.
-	sitesMu sync.Mutex
-	sites   map[string]bool
+	sites        knownSites
 }
 
 func openPostgres(ctx context.Context, dsn string, target int) (*pgStore, error) {
@@ -64,10 +58,9 @@ func openPostgres(ctx context.Context, dsn string, target int) (*pgStore, error)
 		pool.Close()
 		return nil, err
 	}
-	s.derived, s.sites = v >= derivedKeysVersion, map[string]bool{}
-	s.reader.derivedKeys = s.derived
+	s.derivedKeys = v >= derivedKeysVersion
 	s.upsertRecord = pgUpsertRecords(recordColumns)
-	if s.derived {
+	if s.derivedKeys {
 		s.upsertRecord = pgUpsertRecords(append(slices.Clone(recordColumns), "key_derived"))
 	}
 	return s, nil
@@ -299,23 +292,13 @@ func (s *pgStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
 		return err
 	}
 	var sites []string
-	if s.derived {
-		s.sitesMu.Lock()
-		for _, site := range b.keySites() {
-			if !s.sites[site] {
-				sites = append(sites, site)
-			}
-		}
-		s.sitesMu.Unlock()
+	if s.derivedKeys {
+		sites = s.sites.missing(b)
 	}
 	if err := s.tx(ctx, func(tx pgx.Tx) error { return s.write(ctx, tx.Conn(), b, sites) }); err != nil {
 		return fmt.Errorf("query: write: %w", err)
 	}
-	s.sitesMu.Lock()
-	for _, site := range sites {
-		s.sites[site] = true
-	}
-	s.sitesMu.Unlock()
+	s.sites.add(sites)
 	return nil
 }
 
@@ -419,7 +402,7 @@ func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []s
 	p.SendFlushRequest()
 	for recs := b.recs; len(recs) > 0; {
 		n := min(len(recs), pgChunk)
-		if err := send(s.upsertRecord, recordArrays(recs[:n], s.derived)...); err != nil {
+		if err := send(s.upsertRecord, recordArrays(recs[:n], s.derivedKeys)...); err != nil {
 			return err
 		}
 		recs = recs[n:]

@@ -41,11 +41,8 @@ type sqliteStore struct {
 	rids          bool
 	upsertWindows func(rows int) string
 	upsertMonths  func(rows int) string
-	// derived: records carry key_derived (schema version 8); sites are
-	// those key_sites holds already, as far as this writer knows
-	// (writeMu).
-	derived bool
-	sites   map[string]bool
+	// sites are those key_sites holds (schema version 8, derivedKeys).
+	sites knownSites
 	// queue holds the batches waiting for a commit; leading: a writer is
 	// committing them; enqueued counts batches ever queued (all qmu).
 	qmu      sync.Mutex
@@ -113,11 +110,10 @@ func openSQLite(ctx context.Context, path string, target, cacheMiB int) (*sqlite
 		s.Close()
 		return nil, fmt.Errorf("%w (store %s)", err, path)
 	}
-	s.buckets, s.rids, s.derived = v >= bucketsVersion, v >= ridsVersion, v >= derivedKeysVersion
-	s.reader.derivedKeys, s.sites = s.derived, map[string]bool{}
+	s.buckets, s.rids, s.derivedKeys = v >= bucketsVersion, v >= ridsVersion, v >= derivedKeysVersion
 	s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(recordColumns), upsertWindows, upsertMonths
 	switch {
-	case s.derived:
+	case s.derivedKeys:
 		s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(derivedColumns), upsertRidWindows, upsertRidMonths
 	case s.rids:
 		s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(ridColumns), upsertRidWindows, upsertRidMonths
@@ -492,16 +488,14 @@ func (s *sqliteStore) commitGroup(ctx context.Context, group []*queued) {
 
 // commit writes the batches of group in one transaction (writeMu held).
 func (s *sqliteStore) commit(ctx context.Context, group []*queued) error {
-	var sites []string
-	for _, q := range group {
+	bs := make([]*batch, len(group))
+	for i, q := range group {
 		s.warm(ctx, q.b)
-		if s.derived {
-			for _, site := range q.b.keySites() {
-				if !s.sites[site] && !slices.Contains(sites, site) {
-					sites = append(sites, site)
-				}
-			}
-		}
+		bs[i] = q.b
+	}
+	var sites []string
+	if s.derivedKeys {
+		sites = s.sites.missing(bs...)
 	}
 	tx, err := s.wdb.BeginTx(ctx, nil)
 	if err != nil {
@@ -525,9 +519,7 @@ func (s *sqliteStore) commit(ctx context.Context, group []*queued) error {
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("query: write: commit: %w", err)
 	}
-	for _, site := range sites {
-		s.sites[site] = true
-	}
+	s.sites.add(sites)
 	if s.commits++; s.commits%checkpointEvery == 0 {
 		select {
 		case s.checkpoint <- struct{}{}:
@@ -707,7 +699,7 @@ func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
 		if s.rids {
 			rows[i] = append(rows[i], rids[b.recs[i].ident])
 		}
-		if s.derived {
+		if s.derivedKeys {
 			rows[i] = append(rows[i], boolInt(b.recs[i].keyDerived))
 		}
 	}

@@ -111,6 +111,40 @@ func (b *batch) keySites() []string {
 	return out
 }
 
+// knownSites are the sites key_sites holds already, as far as this
+// process knows: a write inserts only the others.
+type knownSites struct {
+	mu sync.Mutex
+	m  map[string]bool
+}
+
+// missing are the batches' key sites (keySites) not known yet.
+func (k *knownSites) missing(bs ...*batch) []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []string
+	for _, b := range bs {
+		for _, site := range b.keySites() {
+			if !k.m[site] && !slices.Contains(out, site) {
+				out = append(out, site)
+			}
+		}
+	}
+	return out
+}
+
+// add records sites as held by key_sites, once their write committed.
+func (k *knownSites) add(sites []string) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.m == nil {
+		k.m = map[string]bool{}
+	}
+	for _, site := range sites {
+		k.m[site] = true
+	}
+}
+
 // window is a row of record_windows.
 type window struct {
 	ident                 string
