@@ -26,10 +26,10 @@
 //
 // Every extraction window a record came from is kept in record_windows.
 // Rows hold the record's protobuf bytes and indexed columns to filter on.
-// In SQLite, record_windows and cloud_months are keyed by the record's
-// rid, its number in the order records were first stored, so that a new
-// record's rows append instead of landing at the random place its VM's
-// UUID would give them (schema version 7).
+// record_windows and cloud_months are keyed by the record's rid, its
+// number in the order records were first stored, so that a new record's
+// rows append instead of landing at the random place its VM's UUID would
+// give them (schema version 7 in SQLite, 9 in PostgreSQL).
 //
 // GetRecord finds a record by its key. The extractors derive a record's
 // key from its identity ("cloud/<vm uuid>", "storage/<volume>/<unix

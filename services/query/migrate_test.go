@@ -112,8 +112,9 @@ func TestMigrations(t *testing.T) {
 // TestMigrationFromV4 upgrades stores written at version 4, whose
 // PostgreSQL text compared under the database's collation, at version 5,
 // whose SQLite records had no seq nor bucket indexes, and at version 6,
-// whose SQLite windows and months were keyed by identity: reads give
-// what they gave, and writes go on from the stored rows.
+// whose SQLite windows and months were keyed by identity, and at
+// version 8, whose PostgreSQL ones were: reads give what they gave, no
+// window or month is lost, and writes go on from the stored rows.
 func TestMigrationFromV4(t *testing.T) {
 	filters := []*tallyv1.RecordFilter{
 		nil,
@@ -124,7 +125,7 @@ func TestMigrationFromV4(t *testing.T) {
 		{Start: ts(at("2026-02-10T00:00:00Z"))},
 	}
 	for _, b := range backends {
-		for _, from := range []int{4, 5, 6, 7} {
+		for _, from := range []int{4, 5, 6, 7, 8} {
 			t.Run(fmt.Sprintf("%s/v%d", b.name, from), func(t *testing.T) { upgradeFrom(t, b, from, filters) })
 		}
 	}
@@ -148,6 +149,11 @@ func upgradeFrom(t *testing.T, b backend, from int, filters []*tallyv1.RecordFil
 		}
 		lists = append(lists, keys(got))
 	}
+	tables := []string{"record_windows", "cloud_months"}
+	var counts []int64
+	for _, table := range tables {
+		counts = append(counts, count(t, old, table))
+	}
 	old.Close()
 
 	s := openAt(t, loc)
@@ -161,6 +167,11 @@ func upgradeFrom(t *testing.T, b backend, from int, filters []*tallyv1.RecordFil
 		}
 		if diff := cmp.Diff(lists[i], keys(got)); diff != "" {
 			t.Errorf("List(%v) after the upgrade (-before +after):\n%s", flt, diff)
+		}
+	}
+	for i, table := range tables {
+		if n := count(t, s, table); n != counts[i] || n == 0 {
+			t.Errorf("%s holds %d rows after the upgrade, %d before", table, n, counts[i])
 		}
 	}
 	// Records stored before the upgrade are found by key.
@@ -208,53 +219,70 @@ func readerOf(s Store) *reader {
 	return nil
 }
 
-// TestMigrationKeepsOrphans: a SQLite window or month whose record is
-// missing (an operator's hand, a damaged file) cannot be keyed by rid;
-// the upgrade fails, naming it, and leaves the store at version 6 with
-// the row, rather than dropping the row.
+// TestMigrationKeepsOrphans: a window or month whose record is missing
+// (an operator's hand, a damaged file) cannot be keyed by rid; the
+// upgrade that brings rids (SQLite's 7, PostgreSQL's 9) fails, naming
+// it, and leaves the store at the version before, with the row, rather
+// than dropping the row.
 func TestMigrationKeepsOrphans(t *testing.T) {
 	ctx := context.Background()
-	for _, table := range []string{"record_windows", "cloud_months"} {
-		t.Run(table, func(t *testing.T) {
-			loc := backends[0].location(t)
-			old, err := openStore(ctx, loc, "", ridsVersion-1, DefaultCacheMiB)
-			if err != nil {
-				t.Fatal(err)
-			}
-			f := newFixture()
-			write(t, old, f.vmA1)
-			exec(t, old, "DELETE FROM records")
-			if table == "cloud_months" {
-				exec(t, old, "DELETE FROM record_windows")
-			}
-			old.Close()
-			_, err = OpenStore(ctx, loc, "")
-			if err == nil || !strings.Contains(err.Error(), "NOT NULL constraint failed: "+table+"_rid.rid") || !strings.Contains(err.Error(), "version 6 to 7") {
-				t.Fatalf("upgrade with an orphaned row: %v, want a NOT NULL failure of %s from version 6 to 7", err, table)
-			}
-			t.Logf("refused with: %v", err)
-			again, err := openStore(ctx, loc, "", ridsVersion-1, DefaultCacheMiB)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer again.Close()
-			if v, err := again.SchemaVersion(ctx); err != nil || v != ridsVersion-1 {
-				t.Fatalf("store at version %d (%v) after the failed upgrade, want %d", v, err, ridsVersion-1)
-			}
-			rs, err := readerOf(again).query(ctx, "SELECT COUNT(*) FROM "+table)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rs.Close()
-			var n int64
-			for rs.Next() {
-				if err := rs.Scan(&n); err != nil {
+	for _, b := range backends {
+		before, refusal := ridsVersion-1, "NOT NULL constraint failed: %s_rid.rid"
+		if b.name == "postgres" {
+			before, refusal = pgRidsVersion-1, `null value in column "rid" of relation "%s_rid"`
+		}
+		for _, table := range []string{"record_windows", "cloud_months"} {
+			t.Run(b.name+"/"+table, func(t *testing.T) {
+				loc := b.location(t)
+				old, err := openStore(ctx, loc, "", before, DefaultCacheMiB)
+				if err != nil {
 					t.Fatal(err)
 				}
-			}
-			if n == 0 {
-				t.Errorf("%s lost its rows in the failed upgrade", table)
-			}
-		})
+				f := newFixture()
+				write(t, old, f.vmA1)
+				exec(t, old, "DELETE FROM records")
+				if table == "cloud_months" {
+					exec(t, old, "DELETE FROM record_windows")
+				}
+				old.Close()
+				_, err = OpenStore(ctx, loc, "")
+				step := fmt.Sprintf("version %d to %d", before, before+1)
+				if err == nil || !strings.Contains(err.Error(), fmt.Sprintf(refusal, table)) || !strings.Contains(err.Error(), step) {
+					t.Fatalf("upgrade with an orphaned row: %v, want a NOT NULL failure of %s from %s", err, table, step)
+				}
+				t.Logf("refused with: %v", err)
+				again, err := openStore(ctx, loc, "", before, DefaultCacheMiB)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer again.Close()
+				if v, err := again.SchemaVersion(ctx); err != nil || v != before {
+					t.Fatalf("store at version %d (%v) after the failed upgrade, want %d", v, err, before)
+				}
+				if count(t, again, table) == 0 {
+					t.Errorf("%s lost its rows in the failed upgrade", table)
+				}
+			})
+		}
 	}
+}
+
+// count is the number of rows in table.
+func count(t *testing.T, s Store, table string) int64 {
+	t.Helper()
+	rs, err := readerOf(s).query(context.Background(), "SELECT COUNT(*) FROM "+table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rs.Close()
+	var n int64
+	for rs.Next() {
+		if err := rs.Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

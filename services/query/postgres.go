@@ -28,9 +28,13 @@ const writeLock = 0x7461_6c6c_7971 // "tallyq"
 type pgStore struct {
 	reader
 	pool *pgxpool.Pool
-	// upsertRecord is the records upsert for the store's version.
-	upsertRecord string
-	sites        knownSites
+	// upsertRecord is the records upsert for the store's version, and
+	// these the statements of cloud months and windows.
+	upsertRecord, selectMonths, upsertMonth, upsertWindow string
+	// rids: windows and months are keyed by the record's rid
+	// (pgRidsVersion).
+	rids  bool
+	sites knownSites
 }
 
 func openPostgres(ctx context.Context, dsn string, target int) (*pgStore, error) {
@@ -58,8 +62,12 @@ func openPostgres(ctx context.Context, dsn string, target int) (*pgStore, error)
 		pool.Close()
 		return nil, err
 	}
-	s.derivedKeys = v >= derivedKeysVersion
+	s.derivedKeys, s.rids = v >= derivedKeysVersion, v >= pgRidsVersion
 	s.upsertRecord = pgUpsertRecords(recordColumns)
+	s.selectMonths, s.upsertMonth, s.upsertWindow = pgSelectMonths, pgUpsertMonth, pgUpsertWindow
+	if s.rids {
+		s.selectMonths, s.upsertMonth, s.upsertWindow = pgSelectRidMonths, pgUpsertRidMonth, pgUpsertRidWindow
+	}
 	if s.derivedKeys {
 		s.upsertRecord = pgUpsertRecords(append(slices.Clone(recordColumns), "key_derived"))
 	}
@@ -141,9 +149,9 @@ var (
 		"SELECT * FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) " +
 		"ON CONFLICT (ident, window_from, window_to) DO UPDATE SET extracted_at = excluded.extracted_at " +
 		"WHERE excluded.extracted_at > record_windows.extracted_at"
-	pgUpsertMonth = "INSERT INTO cloud_months (" + strings.Join(monthColumns, ", ") + ") SELECT * FROM unnest(" +
-		unnestArgs(monthColumns, map[int]string{0: "text", 1: "text", 7: "text", 8: "text", 9: "text", 10: "text", 11: "text", 12: "text",
-			13: "text", 14: "text", 15: "text", 17: "float8", 26: "float8"}) +
+	monthUnnest = unnestArgs(monthColumns, map[int]string{0: "text", 1: "text", 7: "text", 8: "text", 9: "text", 10: "text", 11: "text", 12: "text",
+		13: "text", 14: "text", 15: "text", 17: "float8", 26: "float8"})
+	pgUpsertMonth = "INSERT INTO cloud_months (" + strings.Join(monthColumns, ", ") + ") SELECT * FROM unnest(" + monthUnnest +
 		") ON CONFLICT (site, vm_uuid, year, month) DO UPDATE SET " + upsertSet(monthColumns, "site", "vm_uuid", "year", "month")
 	pgUpsertRollup = "INSERT INTO cloud_rollup (" + strings.Join(rollupColumns, ", ") + ") SELECT * FROM unnest(" +
 		unnestArgs(rollupColumns, map[int]string{2: "text", 3: "text", 4: "text", 5: "text", 6: "text", 7: "text", 8: "text", 13: "float8"}) +
@@ -154,6 +162,36 @@ var (
 	pgSelectMonths = "SELECT " + strings.Join(prefixed("m.", monthColumns), ", ") +
 		" FROM cloud_months m JOIN unnest($1::text[], $2::text[]) AS k(site, vm) ON m.site = k.site AND m.vm_uuid = k.vm"
 )
+
+// The statements of pgRidsVersion: windows and months take the rid of
+// their record, which the batch's records upsert, sent before them in the
+// same transaction, has stored; their arguments are those of the
+// statements before (pgUpsertWindow, pgUpsertMonth).
+var (
+	pgUpsertRidWindow = "INSERT INTO record_windows (rid, window_from, window_to, extracted_at) " +
+		"SELECT r.rid, u.window_from, u.window_to, u.extracted_at " +
+		"FROM unnest($1::text[], $2::int8[], $3::int8[], $4::int8[]) AS u(ident, window_from, window_to, extracted_at) " +
+		"JOIN records r ON r.ident = u.ident " +
+		"ON CONFLICT (rid, window_from, window_to) DO UPDATE SET extracted_at = excluded.extracted_at " +
+		"WHERE excluded.extracted_at > record_windows.extracted_at"
+	pgUpsertRidMonth = "INSERT INTO cloud_months (" + strings.Join(ridMonthColumns, ", ") + ") SELECT r.rid, " +
+		strings.Join(prefixed("u.", monthColumns), ", ") + " FROM unnest(" + monthUnnest + ") AS u(" + strings.Join(monthColumns, ", ") + ")" +
+		" JOIN records r ON r.ident = " + pgCloudIdent("u.site", "u.vm_uuid") +
+		" ON CONFLICT (rid, year, month) DO UPDATE SET " + upsertSet(ridMonthColumns, "rid", "year", "month")
+	// pgSelectRidMonths reads the months of the cloud records by
+	// identity (cloudIdent).
+	pgSelectRidMonths = "SELECT " + strings.Join(prefixed("m.", monthColumns), ", ") +
+		" FROM records r JOIN cloud_months m ON m.rid = r.rid WHERE r.ident = ANY($1::text[])"
+)
+
+// pgRidsVersion is the schema version that keyed PostgreSQL's
+// record_windows and cloud_months by the record's rid.
+const pgRidsVersion = 9
+
+// pgCloudIdent is cloudIdent in SQL.
+func pgCloudIdent(site, vm string) string {
+	return "'cloud' || chr(31) || " + site + " || chr(31) || " + vm
+}
 
 // pgUpsertRecords is the records upsert of cols: recordColumns, then
 // key_derived from derivedKeysVersion.
@@ -318,7 +356,7 @@ var pgSelectStored = "SELECT " + strings.Join(storedColumns, ", ") + " FROM reco
 func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []string) error {
 	ids := b.rolledIdents()
 	sds := map[string]*pgconn.StatementDescription{}
-	qs := []string{pgSelectMonths, pgSelectStored, s.upsertRecord, pgUpsertWindow, pgUpsertUsage, pgUpsertMonth, pgUpsertRollup}
+	qs := []string{s.selectMonths, pgSelectStored, s.upsertRecord, s.upsertWindow, pgUpsertUsage, s.upsertMonth, pgUpsertRollup}
 	if len(sites) > 0 {
 		qs = append(qs, pgUpsertSites)
 	}
@@ -382,11 +420,21 @@ func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []s
 	}
 
 	if len(b.vms) > 0 {
-		sites, vms := make([]string, len(b.vms)), make([]string, len(b.vms))
-		for i, k := range b.vms {
-			sites[i], vms[i] = k.site, k.vm
+		args := []any{}
+		if s.rids {
+			idents := make([]string, len(b.vms))
+			for i, k := range b.vms {
+				idents[i] = cloudIdent(k)
+			}
+			args = append(args, idents)
+		} else {
+			sites, vms := make([]string, len(b.vms)), make([]string, len(b.vms))
+			for i, k := range b.vms {
+				sites[i], vms[i] = k.site, k.vm
+			}
+			args = append(args, sites, vms)
 		}
-		if err := send(pgSelectMonths, sites, vms); err != nil {
+		if err := send(s.selectMonths, args...); err != nil {
 			return err
 		}
 	}
@@ -416,7 +464,8 @@ func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []s
 	for i, a := range b.windows {
 		winRows[i] = []any{a.ident, a.from, a.to, a.extractedAt}
 	}
-	if err := send(pgUpsertWindow, columns(4, winRows)...); err != nil {
+	// After the records: with rids, the windows and months read theirs.
+	if err := send(s.upsertWindow, columns(4, winRows)...); err != nil {
 		return err
 	}
 
@@ -459,7 +508,7 @@ func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []s
 		for i := range months {
 			monRows[i] = months[i].values()
 		}
-		if err := send(pgUpsertMonth, columns(len(monthColumns), monRows)...); err != nil {
+		if err := send(s.upsertMonth, columns(len(monthColumns), monRows)...); err != nil {
 			return err
 		}
 		if rows := roll.rows(); len(rows) > 0 {
