@@ -233,40 +233,48 @@ func cpuTime() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// BenchmarkUpgradeToRids times a SQLite store's upgrade from schema
-// version 6 to the latest: 7 (ridsVersion) rebuilds record_windows and
-// cloud_months, 8 (derivedKeysVersion) builds the index of given keys.
-// It is the pause an upgraded tally's first start takes. The store is
-// filled with four writers, as BenchmarkStore's.
+// BenchmarkUpgradeToRids times a store's upgrade from the version
+// before its windows and months were keyed by rid to the latest: for
+// SQLite from 6 (7, ridsVersion, rebuilds record_windows and
+// cloud_months; 8, derivedKeysVersion, builds the index of given keys),
+// for PostgreSQL from 8 (9, pgRidsVersion, numbers the records and
+// rebuilds both tables). It is the pause an upgraded tally's first start
+// takes. The store is filled with four writers, as BenchmarkStore's.
 func BenchmarkUpgradeToRids(b *testing.B) {
 	ctx := context.Background()
-	for _, n := range benchSizes() {
-		b.Run(fmt.Sprintf("sqlite/%d", n), func(b *testing.B) {
-			var took time.Duration
-			for range b.N {
-				b.StopTimer()
-				loc := backends[0].location(b)
-				old, err := openStore(ctx, loc, "", ridsVersion-1, DefaultCacheMiB)
-				if err != nil {
-					b.Fatal(err)
+	for _, be := range backends {
+		from := ridsVersion - 1
+		if be.name == "postgres" {
+			from = pgRidsVersion - 1
+		}
+		for _, n := range benchSizes() {
+			b.Run(fmt.Sprintf("%s/%d", be.name, n), func(b *testing.B) {
+				var took time.Duration
+				for range b.N {
+					b.StopTimer()
+					loc := be.location(b)
+					old, err := openStore(ctx, loc, "", from, DefaultCacheMiB)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := ingest(ctx, old, n, benchWriters); err != nil {
+						b.Fatal(err)
+					}
+					old.Close()
+					b.StartTimer()
+					t0 := time.Now()
+					s, err := OpenStore(ctx, loc, "")
+					if err != nil {
+						b.Fatal(err)
+					}
+					took += time.Since(t0)
+					if v, err := s.SchemaVersion(ctx); err != nil || v != len(migrations) {
+						b.Fatalf("upgraded store at version %d (%v)", v, err)
+					}
+					s.Close()
 				}
-				if err := ingest(ctx, old, n, benchWriters); err != nil {
-					b.Fatal(err)
-				}
-				old.Close()
-				b.StartTimer()
-				t0 := time.Now()
-				s, err := OpenStore(ctx, loc, "")
-				if err != nil {
-					b.Fatal(err)
-				}
-				took += time.Since(t0)
-				if v, err := s.SchemaVersion(ctx); err != nil || v != len(migrations) {
-					b.Fatalf("upgraded store at version %d (%v)", v, err)
-				}
-				s.Close()
-			}
-			b.ReportMetric(took.Seconds()/float64(b.N), "s/upgrade")
-		})
+				b.ReportMetric(took.Seconds()/float64(b.N), "s/upgrade")
+			})
+		}
 	}
 }

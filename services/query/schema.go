@@ -304,29 +304,31 @@ var migrations = []string{
 	// thirds of the rate with ordered ids. A window or month without its
 	// record fails the upgrade on its NULL rid rather than losing the row.
 	// Unlike SQLite's, records has no index on rid: nothing reads a
-	// record by it, and the sequence alone hands the numbers out.
-	`{pg}ALTER TABLE records ADD COLUMN rid {int};
-	{pg}CREATE SEQUENCE records_rid_seq OWNED BY records.rid;
-	{pg}UPDATE records SET rid = nextval('records_rid_seq');
-	{pg}ALTER TABLE records ALTER COLUMN rid SET DEFAULT nextval('records_rid_seq'), ALTER COLUMN rid SET NOT NULL;
+	// record by it, and the sequence alone hands the numbers out. The
+	// column's volatile default rewrites the table once, numbering the
+	// rows as it goes (an UPDATE wrote every row twice over), and the new
+	// tables get their keys after they are filled: an upgrade of a million
+	// records took 73 s the first way.
+	`{pg}CREATE SEQUENCE records_rid_seq;
+	{pg}ALTER TABLE records ADD COLUMN rid {int} NOT NULL DEFAULT nextval('records_rid_seq');
+	{pg}ALTER SEQUENCE records_rid_seq OWNED BY records.rid;
 	{pg}CREATE TABLE record_windows_rid (
 		rid {int} NOT NULL,
 		window_from {int} NOT NULL,
 		window_to {int} NOT NULL,
-		extracted_at {int} NOT NULL,
-		PRIMARY KEY (rid, window_from, window_to)
+		extracted_at {int} NOT NULL
 	);
 	{pg}INSERT INTO record_windows_rid (rid, window_from, window_to, extracted_at)
 		SELECT r.rid, w.window_from, w.window_to, w.extracted_at FROM record_windows w LEFT JOIN records r ON r.ident = w.ident;
 	{pg}DROP TABLE record_windows;
 	{pg}ALTER TABLE record_windows_rid RENAME TO record_windows;
-	{pg}ALTER INDEX record_windows_rid_pkey RENAME TO record_windows_pkey;
-	{pg}CREATE TABLE cloud_months_rid (rid {int} NOT NULL, LIKE cloud_months, PRIMARY KEY (rid, year, month));
+	{pg}ALTER TABLE record_windows ADD CONSTRAINT record_windows_pkey PRIMARY KEY (rid, window_from, window_to);
+	{pg}CREATE TABLE cloud_months_rid (rid {int} NOT NULL, LIKE cloud_months);
 	{pg}INSERT INTO cloud_months_rid SELECT r.rid, m.* FROM cloud_months m
 		LEFT JOIN records r ON r.ident = 'cloud' || chr(31) || m.site || chr(31) || m.vm_uuid;
 	{pg}DROP TABLE cloud_months;
 	{pg}ALTER TABLE cloud_months_rid RENAME TO cloud_months;
-	{pg}ALTER INDEX cloud_months_rid_pkey RENAME TO cloud_months_pkey`,
+	{pg}ALTER TABLE cloud_months ADD CONSTRAINT cloud_months_pkey PRIMARY KEY (rid, year, month)`,
 }
 
 // ErrSchemaTooNew is returned when a store was written by a newer tally.
