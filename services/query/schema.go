@@ -306,7 +306,8 @@ var migrations = []string{
 	// Unlike SQLite's, records has no index on rid: nothing reads a
 	// record by it, and the sequence alone hands the numbers out. The
 	// column's volatile default rewrites the table once, numbering the
-	// rows as it goes (an UPDATE wrote every row twice over), and the new
+	// rows as it goes (an UPDATE left a dead version of every row and its
+	// index entries), and the new
 	// tables get their keys after they are filled: an upgrade of a million
 	// records took 73 s the first way.
 	`{pg}CREATE SEQUENCE records_rid_seq;
