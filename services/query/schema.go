@@ -307,9 +307,8 @@ var migrations = []string{
 	// record by it, and the sequence alone hands the numbers out. The
 	// column's volatile default rewrites the table once, numbering the
 	// rows as it goes (an UPDATE left a dead version of every row and its
-	// index entries), and the new
-	// tables get their keys after they are filled: an upgrade of a million
-	// records took 73 s the first way.
+	// index entries), and the new tables get their keys after they are
+	// filled: an upgrade of a million records took 73 s the first way.
 	`{pg}CREATE SEQUENCE records_rid_seq;
 	{pg}ALTER TABLE records ADD COLUMN rid {int} NOT NULL DEFAULT nextval('records_rid_seq');
 	{pg}ALTER SEQUENCE records_rid_seq OWNED BY records.rid;
