@@ -29,11 +29,10 @@ type pgStore struct {
 	reader
 	pool *pgxpool.Pool
 	// upsertRecord is the records upsert for the store's version, and
-	// these the statements of cloud months and windows.
+	// these the statements of cloud months and windows (keyed by the
+	// record's rid from pgRidsVersion).
 	upsertRecord, selectMonths, upsertMonth, upsertWindow string
-	// rids: windows and months are keyed by the record's rid
-	// (pgRidsVersion).
-	rids  bool
+
 	sites knownSites
 }
 
@@ -62,10 +61,10 @@ func openPostgres(ctx context.Context, dsn string, target int) (*pgStore, error)
 		pool.Close()
 		return nil, err
 	}
-	s.derivedKeys, s.rids = v >= derivedKeysVersion, v >= pgRidsVersion
+	s.derivedKeys = v >= derivedKeysVersion
 	s.upsertRecord = pgUpsertRecords(recordColumns)
 	s.selectMonths, s.upsertMonth, s.upsertWindow = pgSelectMonths, pgUpsertMonth, pgUpsertWindow
-	if s.rids {
+	if v >= pgRidsVersion {
 		s.selectMonths, s.upsertMonth, s.upsertWindow = pgSelectRidMonths, pgUpsertRidMonth, pgUpsertRidWindow
 	}
 	if s.derivedKeys {
@@ -166,7 +165,7 @@ var (
 // The statements of pgRidsVersion: windows and months take the rid of
 // their record, which the batch's records upsert, sent before them in the
 // same transaction, has stored; their arguments are those of the
-// statements before (pgUpsertWindow, pgUpsertMonth).
+// statements before (pgUpsertWindow, pgUpsertMonth, pgSelectMonths).
 var (
 	pgUpsertRidWindow = "INSERT INTO record_windows (rid, window_from, window_to, extracted_at) " +
 		"SELECT r.rid, u.window_from, u.window_to, u.extracted_at " +
@@ -178,10 +177,9 @@ var (
 		strings.Join(prefixed("u.", monthColumns), ", ") + " FROM unnest(" + monthUnnest + ") AS u(" + strings.Join(monthColumns, ", ") + ")" +
 		" JOIN records r ON r.ident = " + pgCloudIdent("u.site", "u.vm_uuid") +
 		" ON CONFLICT (rid, year, month) DO UPDATE SET " + upsertSet(ridMonthColumns, "rid", "year", "month")
-	// pgSelectRidMonths reads the months of the cloud records by
-	// identity (cloudIdent).
 	pgSelectRidMonths = "SELECT " + strings.Join(prefixed("m.", monthColumns), ", ") +
-		" FROM records r JOIN cloud_months m ON m.rid = r.rid WHERE r.ident = ANY($1::text[])"
+		" FROM unnest($1::text[], $2::text[]) AS k(site, vm) JOIN records r ON r.ident = " + pgCloudIdent("k.site", "k.vm") +
+		" JOIN cloud_months m ON m.rid = r.rid"
 )
 
 // pgRidsVersion is the schema version that keyed PostgreSQL's
@@ -420,21 +418,11 @@ func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []s
 	}
 
 	if len(b.vms) > 0 {
-		args := []any{}
-		if s.rids {
-			idents := make([]string, len(b.vms))
-			for i, k := range b.vms {
-				idents[i] = cloudIdent(k)
-			}
-			args = append(args, idents)
-		} else {
-			sites, vms := make([]string, len(b.vms)), make([]string, len(b.vms))
-			for i, k := range b.vms {
-				sites[i], vms[i] = k.site, k.vm
-			}
-			args = append(args, sites, vms)
+		sites, vms := make([]string, len(b.vms)), make([]string, len(b.vms))
+		for i, k := range b.vms {
+			sites[i], vms[i] = k.site, k.vm
 		}
-		if err := send(s.selectMonths, args...); err != nil {
+		if err := send(s.selectMonths, sites, vms); err != nil {
 			return err
 		}
 	}
