@@ -36,7 +36,7 @@ func benchNotification(i int, eventType string, launched time.Time) []byte {
 		payload["audit_period_beginning"] = "2026-11-23 11:00:00"
 		payload["audit_period_ending"] = "2026-11-23 12:00:00"
 	}
-	inner, _ := json.Marshal(map[string]any{"message_id": fmt.Sprintf("bench-%d", i), "publisher_id": "compute.compute1",
+	inner, _ := json.Marshal(map[string]any{"message_id": benchMessageID(i), "publisher_id": "compute.compute1",
 		"event_type": eventType, "priority": "INFO", "payload": payload, "timestamp": "2026-11-23 12:00:16.000000",
 		"_context_request_id": "req-" + id, "_context_project_id": "c9a9ee822ef148159e0fc394466a970e"})
 	b, _ := json.Marshal(map[string]string{"oslo.version": "2.0", "oslo.message": string(inner)})
@@ -52,7 +52,22 @@ func benchInstanceID(k int) string {
 	if benchSequentialIDs {
 		return fmt.Sprintf("%08x-0000-4000-8000-%012x", k, k)
 	}
-	h := sha256.Sum256([]byte("instance" + strconv.Itoa(k)))
+	return benchUUID("instance" + strconv.Itoa(k))
+}
+
+// benchMessageID is the i-th notification's message_id: a UUID, as
+// oslo.messaging gives every notification (the recorded ones have them),
+// so that the exists' dedup key lands at a random place too.
+// TALLY_BENCH_IDS=sequential gives "bench-<i>", as before 2026-11-25.
+func benchMessageID(i int) string {
+	if benchSequentialIDs {
+		return "bench-" + strconv.Itoa(i)
+	}
+	return benchUUID("message" + strconv.Itoa(i))
+}
+
+func benchUUID(seed string) string {
+	h := sha256.Sum256([]byte(seed))
 	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
 }
 
@@ -65,12 +80,12 @@ var benchSequentialIDs = os.Getenv("TALLY_BENCH_IDS") == "sequential"
 type benchBodies struct{ create, exists [][]byte }
 
 // Placeholders benchNotification's output cannot otherwise contain.
-const benchMsg, benchID = 987654321, 0x7edcba98
+const benchID = 0x7edcba98
 
 func newBenchBodies(launched time.Time) *benchBodies {
 	split := func(ev string) [][]byte {
 		b := benchNotification(2*benchID+1, ev, launched)
-		b = bytes.ReplaceAll(b, []byte(fmt.Sprintf("bench-%d", 2*benchID+1)), []byte("bench-\x00m"))
+		b = bytes.ReplaceAll(b, []byte(benchMessageID(2*benchID+1)), []byte("\x00m"))
 		b = bytes.ReplaceAll(b, []byte(benchInstanceID(benchID)), []byte("\x00i"))
 		return bytes.Split(b, []byte("\x00"))
 	}
@@ -89,7 +104,7 @@ func (t *benchBodies) body(i int) []byte {
 	for _, p := range parts[1:] {
 		switch p[0] {
 		case 'm':
-			out = strconv.AppendInt(out, int64(i), 10)
+			out = append(out, benchMessageID(i)...)
 		case 'i':
 			out = append(out, id...)
 		}

@@ -79,7 +79,7 @@ func TestHandleBatch(t *testing.T) {
 	eachStore(t, func(t *testing.T, s Store) {
 		ctx := context.Background()
 		msgs := batchMessages()
-		v := New(DefaultConfig(), nil, nil, nil, WithStore(failingStore{Store: s, fail: "bench-3."}))
+		v := New(DefaultConfig(), nil, nil, nil, WithStore(failingStore{Store: s, fail: benchMessageID(3) + "."}))
 		errs := v.handleBatch(ctx, msgs)
 		for i, err := range errs {
 			refused := i == 0 || i == 8 // exists 3, twice

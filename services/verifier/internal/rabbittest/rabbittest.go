@@ -40,7 +40,11 @@ type Broker struct {
 // starts one, and a skipped bridge test would hide a broken bridge.
 func Connect(t testing.TB) *Broker {
 	t.Helper()
-	conn, err := amqp.Dial(URL())
+	// A minute between heartbeats, not amqp.Dial's 10 s: a benchmark
+	// publishing a million persistent messages, right after another run
+	// left gigabytes to write back, saw the broker send nothing for 30 s
+	// (three heartbeats), and the client dropped the connection mid-publish.
+	conn, err := amqp.DialConfig(URL(), amqp.Config{Heartbeat: time.Minute})
 	if err != nil {
 		t.Fatalf("RabbitMQ is required for this test and is not reachable at %s (set TALLY_TEST_AMQP or start it: "+
 			"docker run -d -p 5672:5672 rabbitmq:3): %v", redact(URL()), err)
