@@ -383,3 +383,93 @@ func BenchmarkParse(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkStore times the verifier's ingest and verification without
+// RabbitMQ and the bus: TALLY_BENCH_NOTIFICATIONS notifications (default
+// 20000), BenchmarkBridgeToVerifier's bodies, read and applied in batches
+// of ingest_batch by `workers` writers as the bus consumer does, then one
+// verification pass over the exists. On two cores the end-to-end figure
+// also carries RabbitMQ's, JetStream's and the bridge's share of the CPU,
+// and moves by a tenth from run to run; this one shows a change to the
+// store.
+//
+//	TALLY_BENCH_NOTIFICATIONS=1000000 go test -run '^$' -bench 'BenchmarkStore/sqlite' -benchtime 1x ./services/verifier/
+func BenchmarkStore(b *testing.B) {
+	n := 20000
+	if s := os.Getenv("TALLY_BENCH_NOTIFICATIONS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	for _, be := range storeBackends {
+		b.Run(be.name, func(b *testing.B) {
+			for b.Loop() {
+				runStoreBench(b, be, n)
+			}
+		})
+	}
+}
+
+func runStoreBench(b *testing.B, be storeBackend, n int) {
+	ctx := context.Background()
+	cfg := DefaultConfig()
+	cfg.PoolSize = 4
+	cfg.Store = be.config(b)
+	if cfg.Store.Driver == "sqlite" {
+		cfg.Store.CacheMiB = DefaultCacheMiB
+	}
+	s := openConfigured(b, cfg.Store)
+	var settled atomic.Bool
+	v := New(cfg, nil, nil, nil, WithStore(s), WithClock(func() time.Time {
+		if settled.Load() {
+			return time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)
+		}
+		return time.Date(2026, 11, 23, 11, 0, 0, 0, time.UTC)
+	}))
+	bodies := newBenchBodies(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC))
+	batches := (n + cfg.IngestBatch - 1) / cfg.IngestBatch
+	var next atomic.Int64
+	errs := make(chan error, cfg.Workers)
+	cpuBefore := cpuTime()
+	start := time.Now()
+	for range cfg.Workers {
+		go func() {
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= batches {
+					errs <- nil
+					return
+				}
+				var batch Batch
+				for i := k * cfg.IngestBatch; i < min(n, (k+1)*cfg.IngestBatch); i++ {
+					if err := v.collect(&batch, bodies.body(i), "notifications.info"); err != nil {
+						errs <- err
+						return
+					}
+				}
+				if err := s.ApplyBatch(ctx, &batch); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	for range cfg.Workers {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+	ingested := time.Since(start)
+	settled.Store(true)
+	res, err := v.VerifyPending(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	took := time.Since(start)
+	cpu := cpuTime() - cpuBefore
+	if res.Verified != n/2 || res.Failed != 0 {
+		b.Fatalf("%d verified and %d failed of %d exists", res.Verified, res.Failed, n/2)
+	}
+	b.ReportMetric(float64(n)/ingested.Seconds(), "ingested/s")
+	b.ReportMetric(float64(n/2)/(took-ingested).Seconds(), "verified/s")
+	b.ReportMetric(float64(n)/took.Seconds(), "notifications/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(n), "cpu-µs/notification")
+}
