@@ -461,8 +461,9 @@ func TestSQLiteExistsBody(t *testing.T) {
 	args := existsArgs(old)
 	_, err = s.db.ExecContext(ctx, `INSERT INTO instance_exists (msg_key, message_id, event_type, versioned, instance,
 		launched_at, deleted_at, audit_begin, audit_end, tenant, instance_type_id, instance_flavor_id, flavor_name,
-		os_architecture, os_distro, os_version, rax_options, image_type, bandwidth, invalid, received, status, routing_key, raw)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, args...)
+		os_architecture, os_distro, os_version, rax_options, image_type, bandwidth, invalid, received, status, routing_key, raw, iid)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, (SELECT iid FROM instances WHERE uuid = ?))`,
+		append(args, old.Usage.Instance)...)
 	mustDo(t, err)
 	claimed, err := s.ClaimInstanceExists(ctx, Claim{EndingMax: e.AuditEnd.Add(time.Hour), Limit: 10, Raw: true})
 	mustDo(t, err)
