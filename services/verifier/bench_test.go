@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -477,5 +479,64 @@ func runStoreBench(b *testing.B, be storeBackend, n int) {
 		if fi, err := os.Stat(cfg.Store.Path + "-wal"); err == nil {
 			b.ReportMetric(float64(fi.Size())/(1<<20), "walMiB")
 		}
+	}
+}
+
+// BenchmarkUpgradeNumberInstances times the open of a version-1 store
+// (before instances were numbered) holding TALLY_BENCH_NOTIFICATIONS
+// notifications' worth of rows (default 20000): half of them launches of
+// as many instances with random UUIDs, half exists with a body beside
+// them. The open upgrades it (numberInstances), and the verifier starts
+// only after.
+//
+//	TALLY_BENCH_NOTIFICATIONS=1000000 go test -run '^$' -bench BenchmarkUpgradeNumberInstances -benchtime 1x ./services/verifier/
+func BenchmarkUpgradeNumberInstances(b *testing.B) {
+	n := 20000
+	if s := os.Getenv("TALLY_BENCH_NOTIFICATIONS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	ctx := context.Background()
+	for b.Loop() {
+		b.StopTimer()
+		path := b.TempDir() + "/v1.db"
+		db, err := sql.Open("sqlite", path+"?_pragma=journal_mode(WAL)")
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, err = db.ExecContext(ctx, schemaV1+`;
+			CREATE TEMP TABLE seq AS WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?)
+				SELECT i, lower(hex(randomblob(16))) AS uuid FROM k;
+			INSERT INTO instance_usage (launched_sec, instance, launched_at, tenant, instance_type_id, instance_flavor_id,
+				flavor_name, os_architecture, os_distro, os_version, rax_options, image_type, updated)
+				SELECT 1795428000, uuid, 1795428000123456, 't', '1', 'f', 'm1.plain', '', '', '', '', '', 1795428000123456 FROM seq;
+			INSERT INTO instance_exists (id, msg_key, message_id, event_type, versioned, instance, launched_at, deleted_at,
+				audit_begin, audit_end, tenant, instance_type_id, instance_flavor_id, flavor_name, os_architecture, os_distro,
+				os_version, rax_options, image_type, bandwidth, invalid, received, status, routing_key)
+				SELECT i, lower(hex(randomblob(16))) || '.0123456789abcdef', 'm', 'compute.instance.exists', 0, uuid,
+				1795428000000000, 0, 1795431600000000, 1795435200000000, 't', '1', 'f', 'm1.plain', '', '', '', '', '', 0, '',
+				1795435216000000, 'verified', 'notifications.info' FROM seq;
+			INSERT INTO instance_exists_raw (id, raw) SELECT i, randomblob(1400) FROM seq;`, n/2)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := db.Close(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		s, err := OpenSQLite(ctx, path, DefaultCacheMiB)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		var launches, exists int
+		if err := errors.Join(s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM instance_usage`).Scan(&launches),
+			s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM instance_exists`).Scan(&exists)); err != nil {
+			b.Fatal(err)
+		}
+		if launches != n/2 || exists != n/2 {
+			b.Fatalf("%d launches and %d exists after the upgrade, want %d of each", launches, exists, n/2)
+		}
+		s.Close()
+		b.StartTimer()
 	}
 }
