@@ -359,6 +359,17 @@ func TestPostgresMigrations(t *testing.T) {
 		t.Errorf("after the upgrade: %d launches, %d exists; want the 1 and 1 written before", len(ls), len(es))
 	}
 	mustDo(t, s.AddReconcile(ctx, InstanceReconcile{Usage: launch(), Source: SourceNovaAPI}))
+	var pendingIndexes int
+	mustDo(t, s.pool.QueryRow(ctx, `SELECT (to_regclass('instance_exists_pending') IS NOT NULL)::int
+		+ (to_regclass('image_exists_pending') IS NOT NULL)::int`).Scan(&pendingIndexes))
+	if pendingIndexes != 0 {
+		t.Errorf("%d of the (status, audit_end) indexes left after the upgrade, want none", pendingIndexes)
+	}
+	claimed, err := s.ClaimInstanceExists(ctx, Claim{EndingMax: ape, Limit: 10})
+	mustDo(t, err)
+	if len(claimed) != 1 {
+		t.Errorf("claimed %d exists after the upgrade, want the 1 written before", len(claimed))
+	}
 
 	if _, err := s.pool.Exec(ctx, "UPDATE verifier_schema SET version = $1", len(pgMigrations)+1); err != nil {
 		t.Fatal(err)
