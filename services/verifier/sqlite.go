@@ -824,10 +824,13 @@ type batchIIDs struct {
 }
 
 // instanceNumbers reads the numbers of b's instances and numbers the new
-// ones, after every instance before them: their launches, deletes and
-// exists then go at the end of their tables' keys, where a UUID put
-// each at a random page of three indexes (at a million notifications,
-// ingest ran at a third of the rate it had with ids in order).
+// ones, after every instance before them. A new instance's launches,
+// deletes and exists then go at the end of their tables' keys, where its
+// UUID put each at a random page of three indexes (at a million
+// notifications, ingest ran at under a third of the rate it had with ids
+// in order); an exists of an older instance still goes to that
+// instance's place in (iid, msg_key), one random page where there were
+// two (msg_key and instance).
 func instanceNumbers(ctx context.Context, tx *sql.Tx, b *Batch) (batchIIDs, error) {
 	ids := batchIIDs{of: map[string]int64{}, added: map[string]bool{}}
 	var uuids []string
