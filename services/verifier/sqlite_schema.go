@@ -150,7 +150,8 @@ func numberInstances(ctx context.Context, c sqlConn) error {
 	}
 	others, err := collectRows(rows, func(r scanner) (string, error) {
 		var q string
-		return q, r.Scan(&q)
+		err := r.Scan(&q)
+		return q, err
 	})
 	if err != nil {
 		return err
