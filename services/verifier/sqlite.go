@@ -332,9 +332,8 @@ func jsonList(v []string) string {
 }
 
 const (
-	existsCols = existsColsButRaw + `raw`
-	// sqliteExistsCols are existsCols with the body read where it is (see
-	// existsRaw).
+	// sqliteExistsCols are an exists' columns, the body read where it is
+	// (see existsRaw).
 	sqliteExistsCols = existsColsButRaw + existsRaw
 	existsColsButRaw = `id, msg_key, message_id, event_type, versioned, instance, launched_at, deleted_at, audit_begin, audit_end,
 	tenant, instance_type_id, instance_flavor_id, flavor_name, os_architecture, os_distro, os_version, rax_options,
@@ -346,6 +345,7 @@ const (
 // finished by every verification pass are a fifth of their former size:
 // SQLite rewrites a whole row to change its status, body included, twice
 // per exists. Rows written before keep their body in instance_exists.raw.
+// PostgreSQL's store reads it the same way from its version 6 on.
 const existsRaw = `COALESCE(raw, (SELECT r.raw FROM instance_exists_raw r WHERE r.id = instance_exists.id))`
 
 func scanFailure(field, expected, actual, reason sql.NullString) *Failure {

@@ -324,7 +324,9 @@ func TestPostgresMigrations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	apply(t, old, Batch{Usage: []UsageEvent{{launch(), true}}, Exists: []InstanceExists{exists(func(e *InstanceExists) { e.Key = "k" })}})
+	apply(t, old, Batch{Usage: []UsageEvent{{launch(), true}}, Exists: []InstanceExists{exists(func(e *InstanceExists) {
+		e.Key, e.Raw = "k", []byte(`{"old":1}`)
+	})}})
 	if v, err := old.SchemaVersion(ctx); v != 1 || err != nil {
 		t.Fatalf("old store at version %d (%v), want 1", v, err)
 	}
@@ -365,10 +367,23 @@ func TestPostgresMigrations(t *testing.T) {
 	if pendingIndexes != 0 {
 		t.Errorf("%d of the (status, audit_end) indexes left after the upgrade, want none", pendingIndexes)
 	}
-	claimed, err := s.ClaimInstanceExists(ctx, Claim{EndingMax: ape, Limit: 10})
+	// The body of an exists stored before stays in its row; a new one's
+	// goes beside it (version 6); both read the same.
+	apply(t, s, Batch{Exists: []InstanceExists{exists(func(e *InstanceExists) { e.Key, e.Raw = "k2", []byte(`{"new":1}`) })}})
+	var inRow, beside int
+	mustDo(t, s.pool.QueryRow(ctx, `SELECT COUNT(raw) FROM instance_exists`).Scan(&inRow),
+		s.pool.QueryRow(ctx, `SELECT COUNT(*) FROM instance_exists_raw`).Scan(&beside))
+	if inRow != 1 || beside != 1 {
+		t.Errorf("%d bodies in instance_exists, %d beside it; want 1 and 1", inRow, beside)
+	}
+	listed, err := s.InstanceExistsList(ctx, ExistsFilter{})
 	mustDo(t, err)
-	if len(claimed) != 1 {
-		t.Errorf("claimed %d exists after the upgrade, want the 1 written before", len(claimed))
+	claimed, err := s.ClaimInstanceExists(ctx, Claim{EndingMax: ape, Limit: 10, Raw: true})
+	mustDo(t, err)
+	for what, got := range map[string][]InstanceExists{"listed": listed, "claimed": claimed} {
+		if len(got) != 2 || string(got[0].Raw) != `{"old":1}` || string(got[1].Raw) != `{"new":1}` {
+			t.Errorf("%s after the upgrade: %d exists, bodies %q; want the old and the new one", what, len(got), bodies(got))
+		}
 	}
 
 	if _, err := s.pool.Exec(ctx, "UPDATE verifier_schema SET version = $1", len(pgMigrations)+1); err != nil {
