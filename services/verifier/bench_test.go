@@ -75,6 +75,28 @@ func benchUUID(seed string) string {
 
 var benchSequentialIDs = os.Getenv("TALLY_BENCH_IDS") == "sequential"
 
+// benchNotifications is TALLY_BENCH_NOTIFICATIONS, 20000 when unset.
+func benchNotifications() int {
+	if s := os.Getenv("TALLY_BENCH_NOTIFICATIONS"); s != "" {
+		n, _ := strconv.Atoi(s)
+		return n
+	}
+	return 20000
+}
+
+// benchClock is the verifier's clock in the benchmarks: inside the
+// exists' audit period until settled, then past its settle time, so that
+// verification waits until everything is ingested, as settle_time makes
+// it wait in production.
+func benchClock(settled *atomic.Bool) func() time.Time {
+	return func() time.Time {
+		if settled.Load() {
+			return time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)
+		}
+		return time.Date(2026, 11, 23, 11, 0, 0, 0, time.UTC)
+	}
+}
+
 // benchBodies makes benchNotification's bodies from two templates, byte
 // for byte the same, at a fraction of the cost: at a million
 // notifications, marshalling each one would take a good part of the CPU
@@ -140,10 +162,7 @@ func (t *benchBodies) body(i int) []byte {
 // JetStream, verifier, and in live mode the publishing); RabbitMQ's is its
 // own.
 func BenchmarkBridgeToVerifier(b *testing.B) {
-	n := 20000
-	if s := os.Getenv("TALLY_BENCH_NOTIFICATIONS"); s != "" {
-		n, _ = strconv.Atoi(s)
-	}
+	n := benchNotifications()
 	backlog := true
 	switch m := os.Getenv("TALLY_BENCH_MODE"); m {
 	case "", "backlog":
@@ -221,15 +240,8 @@ func runBench(b *testing.B, n int, backlog bool) {
 	vcfg := DefaultConfig()
 	vcfg.TickTime, vcfg.PoolSize = 0.2, 4
 	vcfg.Store.Path = b.TempDir() + "/bench.db"
-	// Verification waits until everything is ingested, as settle_time
-	// makes it wait in production; the clock then jumps past the settle.
 	var settled atomic.Bool
-	v := New(vcfg, func() *bus.Bus { return bs }, nil, logger, WithClock(func() time.Time {
-		if settled.Load() {
-			return time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)
-		}
-		return time.Date(2026, 11, 23, 11, 0, 0, 0, time.UTC)
-	}))
+	v := New(vcfg, func() *bus.Bus { return bs }, nil, logger, WithClock(benchClock(&settled)))
 	if err := v.Start(ctx); err != nil {
 		b.Fatal(err)
 	}
@@ -397,10 +409,7 @@ func BenchmarkParse(b *testing.B) {
 //
 //	TALLY_BENCH_NOTIFICATIONS=1000000 go test -run '^$' -bench 'BenchmarkStore/sqlite' -benchtime 1x ./services/verifier/
 func BenchmarkStore(b *testing.B) {
-	n := 20000
-	if s := os.Getenv("TALLY_BENCH_NOTIFICATIONS"); s != "" {
-		n, _ = strconv.Atoi(s)
-	}
+	n := benchNotifications()
 	for _, be := range storeBackends {
 		b.Run(be.name, func(b *testing.B) {
 			for b.Loop() {
@@ -420,12 +429,7 @@ func runStoreBench(b *testing.B, be storeBackend, n int) {
 	}
 	s := openConfigured(b, cfg.Store)
 	var settled atomic.Bool
-	v := New(cfg, nil, nil, nil, WithStore(s), WithClock(func() time.Time {
-		if settled.Load() {
-			return time.Date(2026, 11, 23, 13, 0, 0, 0, time.UTC)
-		}
-		return time.Date(2026, 11, 23, 11, 0, 0, 0, time.UTC)
-	}))
+	v := New(cfg, nil, nil, nil, WithStore(s), WithClock(benchClock(&settled)))
 	bodies := newBenchBodies(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC))
 	batches := (n + cfg.IngestBatch - 1) / cfg.IngestBatch
 	var next atomic.Int64
@@ -491,10 +495,7 @@ func runStoreBench(b *testing.B, be storeBackend, n int) {
 //
 //	TALLY_BENCH_NOTIFICATIONS=1000000 go test -run '^$' -bench BenchmarkUpgradeNumberInstances -benchtime 1x ./services/verifier/
 func BenchmarkUpgradeNumberInstances(b *testing.B) {
-	n := 20000
-	if s := os.Getenv("TALLY_BENCH_NOTIFICATIONS"); s != "" {
-		n, _ = strconv.Atoi(s)
-	}
+	n := benchNotifications()
 	ctx := context.Background()
 	for b.Loop() {
 		b.StopTimer()

@@ -247,7 +247,7 @@ func (s *SQLiteStore) exec(ctx context.Context, query string, args ...any) error
 
 // Launches implements Store.
 func (s *SQLiteStore) Launches(ctx context.Context, instance string) ([]InstanceUsage, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE iid = (SELECT iid FROM instances WHERE uuid = ?) ORDER BY launched_sec`, instance)
+	rows, err := s.db.QueryContext(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE iid = `+iidOfUUID+` ORDER BY launched_sec`, instance)
 	if err != nil {
 		return nil, fmt.Errorf("launches of %s: %w", instance, err)
 	}
@@ -265,7 +265,7 @@ func (s *SQLiteStore) Launches(ctx context.Context, instance string) ([]Instance
 
 // Deletes implements Store.
 func (s *SQLiteStore) Deletes(ctx context.Context, instance string) ([]InstanceDelete, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT launched_at, deleted_at FROM instance_deletes WHERE iid = (SELECT iid FROM instances WHERE uuid = ?)
+	rows, err := s.db.QueryContext(ctx, `SELECT launched_at, deleted_at FROM instance_deletes WHERE iid = `+iidOfUUID+`
 		ORDER BY launched_sec`, instance)
 	if err != nil {
 		return nil, fmt.Errorf("deletes of %s: %w", instance, err)
@@ -318,8 +318,13 @@ func (s *SQLiteStore) DeletesOf(ctx context.Context, instances []string) (map[st
 	return out, nil
 }
 
-// iidsOf is the numbers of the instances of a jsonList of uuids.
-const iidsOf = `SELECT iid FROM instances WHERE uuid IN (SELECT value FROM json_each(?))`
+// iidOfUUID is the number of the instance of a uuid, and iidsOf the
+// numbers of those of a jsonList of uuids.
+const (
+	iidOfUUID   = `(SELECT iid FROM instances WHERE uuid = ?)`
+	instancesIn = `FROM instances WHERE uuid IN (SELECT value FROM json_each(?))`
+	iidsOf      = `SELECT iid ` + instancesIn
+)
 
 // jsonList passes a list as one parameter (json_each), so the statement
 // is the same whatever the list's length.
@@ -481,14 +486,15 @@ func (s *SQLiteStore) finish(ctx context.Context, table string, fs []Finished) e
 	return nil
 }
 
-func filterSQL(f ExistsFilter, uuidCol string) (string, []any) {
+// filterSQL is f's WHERE clause; uuidMatch matches f.UUID, its "?".
+func filterSQL(f ExistsFilter, uuidMatch string) (string, []any) {
 	var where []string
 	var args []any
 	if f.Status != "" {
 		where, args = append(where, "status = ?"), append(args, f.Status)
 	}
 	if f.UUID != "" {
-		where, args = append(where, uuidCol+" = ?"), append(args, f.UUID)
+		where, args = append(where, uuidMatch), append(args, f.UUID)
 	}
 	if len(where) == 0 {
 		return "", nil
@@ -498,8 +504,7 @@ func filterSQL(f ExistsFilter, uuidCol string) (string, []any) {
 
 // InstanceExistsList implements Store.
 func (s *SQLiteStore) InstanceExistsList(ctx context.Context, f ExistsFilter) ([]InstanceExists, error) {
-	where, args := filterSQL(f, "iid")
-	where = strings.Replace(where, "iid = ?", "iid = (SELECT iid FROM instances WHERE uuid = ?)", 1)
+	where, args := filterSQL(f, "iid = "+iidOfUUID)
 	rows, err := s.db.QueryContext(ctx, `SELECT `+sqliteExistsCols+` FROM instance_exists`+where+` ORDER BY id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list exists: %w", err)
@@ -579,7 +584,7 @@ func (s *SQLiteStore) FinishImageExistsBatch(ctx context.Context, fs []Finished)
 
 // ImageExistsList implements Store.
 func (s *SQLiteStore) ImageExistsList(ctx context.Context, f ExistsFilter) ([]ImageExists, error) {
-	where, args := filterSQL(f, "uuid")
+	where, args := filterSQL(f, "uuid = ?")
 	rows, err := s.db.QueryContext(ctx, `SELECT `+imageExistsCols+` FROM image_exists`+where+` ORDER BY id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list image exists: %w", err)
@@ -668,7 +673,7 @@ var _ Store = (*SQLiteStore)(nil)
 
 // The statements of ApplyBatch, prepared once per batch.
 const (
-	sqliteSelectIIDs   = `SELECT uuid, iid FROM instances WHERE uuid IN (SELECT value FROM json_each(?))`
+	sqliteSelectIIDs   = `SELECT uuid, iid ` + instancesIn
 	sqliteInsertIID    = `INSERT INTO instances (uuid) VALUES (?)`
 	sqliteSelectLaunch = `SELECT ` + usageCols + ` FROM instance_usage WHERE iid = ? AND launched_sec = ?`
 	sqliteUpsertLaunch = `INSERT OR REPLACE INTO instance_usage (iid, launched_sec, ` + usageCols + `)
