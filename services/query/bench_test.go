@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -147,12 +148,14 @@ func BenchmarkStore(b *testing.B) {
 					}
 					b.Run(name, func(b *testing.B) {
 						var total, cpu time.Duration
+						var loc string
 						for range b.N {
 							b.StopTimer()
 							if s != nil {
 								s.Close()
 							}
-							s = openAt(pb, be.location(pb))
+							loc = be.location(pb)
+							s = openAt(pb, loc)
 							b.StartTimer()
 							t0, c0 := time.Now(), cpuTime()
 							if err := ingest(ctx, s, n, writers); err != nil {
@@ -166,6 +169,13 @@ func BenchmarkStore(b *testing.B) {
 						// this process (for PostgreSQL, without the server's
 						// share) shows what contention hides.
 						b.ReportMetric(float64(n*b.N)/cpu.Seconds(), "records/cpu-s")
+						// SQLite's WAL at the end: how far the checkpoints
+						// let it grow (see sqliteStore.checkpointer).
+						if path, ok := strings.CutPrefix(loc, "sqlite://"); ok {
+							if fi, err := os.Stat(path + "-wal"); err == nil {
+								b.ReportMetric(float64(fi.Size())/(1<<20), "walMiB")
+							}
+						}
 					})
 				}
 				if s == nil {

@@ -144,10 +144,10 @@ const checkpointEvery = 8
 // A PASSIVE checkpoint never blocks the writer or readers. The WAL starts
 // over only at a write that finds every frame copied, and under a steady
 // stream of batches one always commits while a checkpoint runs: the WAL
-// then grows to the writer's autocheckpoint (65536 pages, 256 MiB; 257 to
-// 261 MiB after 100k records in BenchmarkStore), whose checkpoint copies
-// the rest, and the file is reused from its start. So a busy store has up
-// to 256 MiB of WAL beside it.
+// then grows to the writer's autocheckpoint (65536 pages, 256 MiB) and
+// the commit that crossed it, whose checkpoint copies the rest, and the
+// file is reused from its start. So a busy store has about 256 MiB of WAL
+// beside it (BenchmarkStore's walMiB: 257 to 276 after 100k records).
 func (s *sqliteStore) checkpointer() {
 	defer s.done.Done()
 	for {
