@@ -1,6 +1,8 @@
 package query
 
 import (
+	"cmp"
+	"maps"
 	"slices"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
@@ -165,10 +167,20 @@ func (r rollup) add(m *monthRow, sign int64) {
 var rollupColumns = []string{"year", "month", "vo", "project_id", "local_user", "global_user", "region", "site", "status", "cpu_count",
 	"n", "wall", "cpu", "norm"}
 
-// rows returns the changes that are not nothing, as rollupColumns rows.
+// compare orders rollup rows: concurrent PostgreSQL writers update
+// them in this order, so that none waits for another in a circle.
+func (k rollKey) compare(o rollKey) int {
+	return cmp.Or(cmp.Compare(k.year, o.year), cmp.Compare(k.month, o.month), cmp.Compare(k.vo, o.vo),
+		cmp.Compare(k.project, o.project), cmp.Compare(k.localUser, o.localUser), cmp.Compare(k.globalUser, o.globalUser),
+		cmp.Compare(k.region, o.region), cmp.Compare(k.site, o.site), cmp.Compare(k.status, o.status), cmp.Compare(k.cpuCount, o.cpuCount))
+}
+
+// rows returns the changes that are not nothing, as rollupColumns rows,
+// in key order (rollKey.compare).
 func (r rollup) rows() [][]any {
 	out := make([][]any, 0, len(r))
-	for k, s := range r {
+	for _, k := range slices.SortedFunc(maps.Keys(r), rollKey.compare) {
+		s := r[k]
 		if s.n == 0 && s.wall == 0 && s.cpu == 0 && s.norm == 0 {
 			continue
 		}
@@ -232,9 +244,13 @@ func (u usageRollup) add(a *attrs, sign int64) {
 var usageColumns = []string{"rtype", "year", "month", "vo", "project_id", "local_user", "global_user", "region", "site", "status", "cpu_count",
 	"n", "gpu_s", "gb_s"}
 
+// rows returns the changes that are not nothing, as usageColumns rows, in
+// key order (by type, then rollKey.compare).
 func (u usageRollup) rows() [][]any {
 	out := make([][]any, 0, len(u))
-	for k, s := range u {
+	order := func(a, b usageKey) int { return cmp.Or(cmp.Compare(a.rtype, b.rtype), a.rollKey.compare(b.rollKey)) }
+	for _, k := range slices.SortedFunc(maps.Keys(u), order) {
+		s := u[k]
 		if s.n == 0 && s.gpu == 0 && s.gb == 0 {
 			continue
 		}

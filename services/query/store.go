@@ -130,6 +130,8 @@ func (k *knownSites) missing(bs ...*batch) []string {
 			}
 		}
 	}
+	// In order, as the rollup rows (rollKey.compare).
+	slices.Sort(out)
 	return out
 }
 
