@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strings"
 
@@ -17,11 +18,31 @@ import (
 
 var pgTypes = strings.NewReplacer("{int}", "BIGINT", "{real}", "DOUBLE PRECISION", "{blob}", "BYTEA", "{norowid}", "", "{pg}", "")
 
-// writeLock is the advisory lock every writer (and migration) of a
-// PostgreSQL store holds for its transaction: cloud deltas depend on the
-// rows of other batches, so writers of one store take turns, across
-// processes too.
+// writeLock is the advisory lock a migration of a PostgreSQL store holds
+// for its transaction, and every writer shares: a writer waits for a
+// migration, across processes too.
 const writeLock = 0x7461_6c6c_7971 // "tallyq"
+
+// recordLockClass is the first key of the transaction advisory locks a
+// writer takes on its batch's identities, the second a hash of each:
+// the rollup deltas of a record depend on its stored row and months, so
+// two writers of one record take turns, while writers of different
+// records write at once. With one lock on the whole store, four writers
+// were no faster than one. Every writer takes its locks in ascending
+// order, and its rollup rows and sites in key order, so that two writers
+// never wait for each other in a circle.
+const recordLockClass = 0x7461_6c6c // "tall"
+
+// pgMaxRecordLocks is the most identities a batch locks one by one; a
+// larger batch takes writeLock alone, as every writer did before. With
+// pgLockingWriters, it bounds the advisory locks one process holds at
+// 4,000: PostgreSQL's lock table has room for 64 per connection, 6,400
+// with the default 100 connections, and a write that found it full would
+// fail with "out of shared memory" (it is then retried alone).
+const (
+	pgMaxRecordLocks = 1000
+	pgLockingWriters = 4
+)
 
 // pgStore is the scale-out store: PostgreSQL through a pgx pool. A write
 // is a handful of set-based statements whatever the batch size.
@@ -34,6 +55,8 @@ type pgStore struct {
 	upsertRecord, selectMonths, upsertMonth, upsertWindow string
 
 	sites knownSites
+	// lockers holds a slot per writer holding record locks.
+	lockers chan struct{}
 }
 
 func openPostgres(ctx context.Context, dsn string, target int) (*pgStore, error) {
@@ -50,7 +73,7 @@ func openPostgres(ctx context.Context, dsn string, target int) (*pgStore, error)
 		pool.Close()
 		return nil, fmt.Errorf("query: postgres store %s:%d: %w", cfg.ConnConfig.Host, cfg.ConnConfig.Port, err)
 	}
-	s := &pgStore{pool: pool}
+	s := &pgStore{pool: pool, lockers: make(chan struct{}, pgLockingWriters)}
 	s.reader = reader{d: dialect{real: "DOUBLE PRECISION", dollar: true}, query: s.rows}
 	if err := s.migrate(ctx, target); err != nil {
 		pool.Close()
@@ -331,12 +354,73 @@ func (s *pgStore) Write(ctx context.Context, recs []*tallyv1.Record) error {
 	if s.derivedKeys {
 		sites = s.sites.missing(b)
 	}
-	if err := s.tx(ctx, func(tx pgx.Tx) error { return s.write(ctx, tx.Conn(), b, sites) }); err != nil {
+	keys := recordLockKeys(b)
+	err = s.writeTx(ctx, b, sites, keys)
+	if keys != nil && lockFailed(err) {
+		// The server aborted the write on a lock: a deadlock (the order
+		// writers lock in rules one out among them, not with a session
+		// outside tally holding rows they need) or a full lock table.
+		// The store's lock alone takes no record locks.
+		err = s.writeTx(ctx, b, sites, nil)
+	}
+	if err != nil {
 		return fmt.Errorf("query: write: %w", err)
 	}
 	s.sites.add(sites)
 	return nil
 }
+
+// writeTx writes the batch in a transaction of its own, holding the
+// locks of keys, or the store's write lock alone if keys is nil.
+func (s *pgStore) writeTx(ctx context.Context, b *batch, sites []string, keys []int32) error {
+	if keys != nil {
+		select {
+		case s.lockers <- struct{}{}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		defer func() { <-s.lockers }()
+	}
+	tx, err := s.pool.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if err := s.write(ctx, tx.Conn(), b, sites, keys); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// recordLockKeys are the keys of the batch's record locks, ascending and
+// each once, or nil for a batch too large to lock record by record. Two
+// identities with one hash share a lock: their writers take turns.
+func recordLockKeys(b *batch) []int32 {
+	if len(b.recs) > pgMaxRecordLocks {
+		return nil
+	}
+	keys := make([]int32, len(b.recs))
+	for i := range b.recs {
+		h := fnv.New32a()
+		h.Write([]byte(b.recs[i].ident))
+		keys[i] = int32(h.Sum32())
+	}
+	slices.Sort(keys)
+	return slices.Compact(keys)
+}
+
+// lockFailed says whether a write failed on a lock: a deadlock, or a
+// full lock table ("out of shared memory").
+func lockFailed(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "53200")
+}
+
+var (
+	pgLockStore   = "SELECT pg_advisory_xact_lock($1::int8)"
+	pgShareStore  = "SELECT pg_advisory_xact_lock_shared($1::int8)"
+	pgLockRecords = "SELECT count(pg_advisory_xact_lock($1::int4, k)) FROM unnest($2::int4[]) AS k"
+)
 
 // pgChunk is how many records one upsert carries. Sent as one statement,
 // a batch's records kept the server idle while the client encoded them
@@ -351,10 +435,13 @@ var pgSelectStored = "SELECT " + strings.Join(storedColumns, ", ") + " FROM reco
 // (which do not depend on them), and only then, computed while the
 // server stores the records, the rollups and cloud months; and sites in
 // key_sites.
-func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []string) error {
+func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []string, keys []int32) error {
 	ids := b.rolledIdents()
 	sds := map[string]*pgconn.StatementDescription{}
-	qs := []string{s.selectMonths, pgSelectStored, s.upsertRecord, s.upsertWindow, pgUpsertUsage, s.upsertMonth, pgUpsertRollup}
+	qs := []string{pgLockStore, s.selectMonths, pgSelectStored, s.upsertRecord, s.upsertWindow, pgUpsertUsage, s.upsertMonth, pgUpsertRollup}
+	if keys != nil {
+		qs = append(qs, pgShareStore, pgLockRecords)
+	}
 	if len(sites) > 0 {
 		qs = append(qs, pgUpsertSites)
 	}
@@ -417,6 +504,22 @@ func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []s
 		return err
 	}
 
+	// The locks first, in the same round trip: the server runs the
+	// reads after them.
+	locks := 1
+	if keys == nil {
+		if err := send(pgLockStore, int64(writeLock)); err != nil {
+			return err
+		}
+	} else {
+		if err := send(pgShareStore, int64(writeLock)); err != nil {
+			return err
+		}
+		if err := send(pgLockRecords, int32(recordLockClass), keys); err != nil {
+			return err
+		}
+		locks = 2
+	}
 	if len(b.vms) > 0 {
 		sites, vms := make([]string, len(b.vms)), make([]string, len(b.vms))
 		for i, k := range b.vms {
@@ -457,6 +560,11 @@ func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []s
 		return err
 	}
 
+	for range locks {
+		if err := read(nil); err != nil {
+			return err
+		}
+	}
 	stored := map[vmKey][]monthRow{}
 	if len(b.vms) > 0 {
 		err := read(func(decode func(...any) error) error {

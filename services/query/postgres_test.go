@@ -4,10 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"google.golang.org/protobuf/testing/protocmp"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 )
@@ -77,5 +81,214 @@ func TestPostgresWriteIsOneTransaction(t *testing.T) {
 	}
 	if len(sum) != 1 || sum[0].GetValues().GetRecordCount() != 7*50 {
 		t.Errorf("summary after the writers: %v, want 350 records", sum)
+	}
+}
+
+// TestPostgresConcurrentWriters writes batches that share records from
+// writers at once, as the enricher's workers push them: redeliveries of
+// one batch, and VMs extracted at several times in batches that overlap.
+// Each record's rollup deltas depend on its stored row and months, which
+// a writer must not read while another writes them (record locks): the
+// store must end as one that got every record once, in extraction order.
+func TestPostgresConcurrentWriters(t *testing.T) {
+	ctx := context.Background()
+	start := at("2026-01-20T00:00:00Z")
+	vms := make([]vm, 30)
+	for i := range vms {
+		vms[i] = vm{id: fmt.Sprintf("vm-%02d", i), site: "S1", vo: []string{"atlas", "cms", "lhcb"}[i%3], project: fmt.Sprintf("p%d", i%4),
+			cpus: int32(1 + i%4), benchmark: float64(i % 2 * 10), start: start.Add(time.Duration(i) * time.Hour)}
+	}
+	// A record's content depends only on its identity and extraction
+	// time, so that the latest extraction decides, whoever writes last.
+	ends := []time.Time{at("2026-01-28T00:00:00Z"), at("2026-02-03T00:00:00Z"), at("2026-02-25T00:00:00Z")}
+	records := func(v int, e time.Time) []*tallyv1.Record {
+		y, m, _ := e.Date()
+		return []*tallyv1.Record{
+			vms[v].cloud(e.Add(-time.Hour), e),
+			accel(vms[v].id, "S1", vms[v].vo, vms[v].project, int32(y), int32(m), 1, int64(e.Day())*3600, e),
+			storage(fmt.Sprintf("vol-%02d", v), "S1", vms[v].vo, vms[v].project, int64(10+v), e.Add(-24*time.Hour), e),
+		}
+	}
+	const writers, rounds = 6, 5
+	batches := make([][][]*tallyv1.Record, writers)
+	for w := range writers {
+		for r := range rounds {
+			var b []*tallyv1.Record
+			for i := range 12 {
+				v := (w*5 + r*7 + i) % len(vms)
+				b = append(b, records(v, ends[(v+w+r)%len(ends)])...)
+			}
+			batches[w] = append(batches[w], b)
+		}
+	}
+
+	s := openAt(t, pgSchema(t)).(*pgStore)
+	for r := range rounds {
+		var wg sync.WaitGroup
+		// Each writer twice: a batch redelivered while it is written.
+		errs := make([]error, 2*writers)
+		for i := range errs {
+			wg.Go(func() { errs[i] = s.Write(ctx, batches[i%writers][r]) })
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d, writer %d: %v", r, i, err)
+			}
+		}
+	}
+
+	// Every record written, once, in extraction order.
+	seq := openAt(t, pgSchema(t))
+	for _, e := range ends {
+		var b []*tallyv1.Record
+		seen := map[string]bool{}
+		for w := range writers {
+			for _, batch := range batches[w] {
+				for _, rec := range batch {
+					if rec.GetProvenance().GetWindowTo().AsTime().Equal(e) && !seen[rec.GetKey()] {
+						seen[rec.GetKey()] = true
+						b = append(b, rec)
+					}
+				}
+			}
+		}
+		if len(b) > 0 {
+			write(t, seq, b...)
+		}
+	}
+	list := func(st Store) []*tallyv1.Record {
+		recs, _, err := st.List(ctx, &tallyv1.RecordFilter{}, nil, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return recs
+	}
+	want := list(seq)
+	if len(want) < 2*len(vms) {
+		t.Fatalf("only %d records in the sequential store", len(want))
+	}
+	if diff := cmp.Diff(want, list(s), protocmp.Transform()); diff != "" {
+		t.Errorf("records, concurrent vs sequential (-want +got):\n%s", diff)
+	}
+	by := []tallyv1.UsageGroupBy{tallyv1.UsageGroupBy_USAGE_GROUP_BY_MONTH, tallyv1.UsageGroupBy_USAGE_GROUP_BY_VO,
+		tallyv1.UsageGroupBy_USAGE_GROUP_BY_PROJECT}
+	for _, f := range []*tallyv1.RecordFilter{{}, {Start: ts(at("2026-02-01T00:00:00Z")), End: ts(at("2026-03-01T00:00:00Z"))}} {
+		want, err := seq.Summarize(ctx, f, by)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Summarize(ctx, f, by)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(want) == 0 {
+			t.Fatal("empty summary")
+		}
+		if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+			t.Errorf("Summarize(%v), concurrent vs sequential (-want +got):\n%s", f, diff)
+		}
+	}
+}
+
+// TestPostgresWriteRetriesAfterDeadlock: a writer caught in a cycle of
+// lock waits (here, another session holds the rollup row the writer adds
+// to, then asks for the writer's record lock) is the one the server's
+// deadlock check aborts; its write is retried under the store's lock
+// alone, and stored once.
+func TestPostgresWriteRetriesAfterDeadlock(t *testing.T) {
+	ctx := context.Background()
+	s := openAt(t, pgSchema(t)).(*pgStore)
+	start := at("2026-01-10T00:00:00Z")
+	a := vm{id: "vm-a", site: "S1", vo: "atlas", project: "p", cpus: 1, start: start}
+	write(t, s, a.cloud(start, start.Add(time.Hour)))
+	// Another VM of the same rollup row.
+	b := a
+	b.id = "vm-b"
+	rec := b.cloud(start, start.Add(2*time.Hour))
+	planned, err := planBatch([]*tallyv1.Record{rec})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := recordLockKeys(planned)[0]
+
+	other, err := s.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Rollback(ctx)
+	var otherPID int32
+	if err := other.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&otherPID); err != nil {
+		t.Fatal(err)
+	}
+	if tag, err := other.Exec(ctx, "UPDATE cloud_rollup SET n = n WHERE vo = 'atlas'"); err != nil || tag.RowsAffected() != 1 {
+		t.Fatalf("hold the rollup row: %v, %d rows", err, tag.RowsAffected())
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Write(ctx, []*tallyv1.Record{rec}) }()
+	// The writer holds its record lock once it waits for the row.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		var waiting bool
+		// From another session: a transaction sees one snapshot of
+		// pg_stat_activity.
+		err := s.pool.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE $1::int4 = ANY (pg_blocking_pids(pid)))", otherPID).Scan(&waiting)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the writer never waited for the held rollup row")
+		}
+	}
+	// The cycle: the writer, waiting longer, finds it and is aborted,
+	// which hands this session the record lock.
+	if _, err := other.Exec(ctx, "SELECT pg_advisory_xact_lock($1::int4, $2::int4)", int32(recordLockClass), key); err != nil {
+		t.Fatalf("the record lock: %v (the deadlock check aborted this session, not the writer)", err)
+	}
+	if err := other.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Write after a deadlock: %v, want it retried", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Write still waiting a minute after the other session committed")
+	}
+	sum, err := s.Summarize(ctx, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sum) != 1 || sum[0].GetValues().GetRecordCount() != 2 {
+		t.Errorf("summary: %v, want 2 records, the retried one counted once", sum)
+	}
+}
+
+func TestRecordLockKeys(t *testing.T) {
+	start := at("2026-01-10T00:00:00Z")
+	batch := func(n int) *batch {
+		var recs []*tallyv1.Record
+		for i := range n {
+			recs = append(recs, vm{id: fmt.Sprintf("vm-%d", i), site: "S1", vo: "atlas", project: "p", cpus: 1, start: start}.cloud(start, start.Add(time.Hour)))
+		}
+		b, err := planBatch(recs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	for _, tc := range []struct {
+		records, keys int
+	}{{1, 1}, {50, 50}, {pgMaxRecordLocks, pgMaxRecordLocks}, {pgMaxRecordLocks + 1, 0}} {
+		keys := recordLockKeys(batch(tc.records))
+		if len(keys) != tc.keys || (tc.keys == 0) != (keys == nil) {
+			t.Errorf("%d records: %d keys (nil %v), want %d", tc.records, len(keys), keys == nil, tc.keys)
+		}
+		if !slices.IsSorted(keys) {
+			t.Errorf("%d records: keys out of order", tc.records)
+		}
 	}
 }
