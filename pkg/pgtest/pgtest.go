@@ -42,22 +42,36 @@ func Schema(tb testing.TB, prefix string) string {
 	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
 		tb.Fatalf("create schema: %v", err)
 	}
-	tb.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		conn, err := pgx.Connect(ctx, Base())
-		if err != nil {
-			tb.Errorf("drop schema %s: %v", schema, err)
-			return
-		}
-		defer conn.Close(ctx)
-		if _, err := conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			tb.Errorf("drop schema %s: %v", schema, err)
-		}
-	})
+	tb.Cleanup(func() { drop(tb, schema) })
 	join := "?"
 	if strings.Contains(Base(), "?") {
 		join = "&"
 	}
 	return Base() + join + "search_path=" + schema
+}
+
+// Drop drops the schema of a URL Schema returned before the test ends: for
+// a benchmark that fills one large store after another.
+func Drop(tb testing.TB, url string) {
+	tb.Helper()
+	_, schema, ok := strings.Cut(url, "search_path=")
+	if !ok {
+		tb.Fatalf("pgtest: %s has no schema of its own", url)
+	}
+	drop(tb, schema)
+}
+
+func drop(tb testing.TB, schema string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, Base())
+	if err != nil {
+		tb.Errorf("drop schema %s: %v", schema, err)
+		return
+	}
+	defer conn.Close(ctx)
+	// IF EXISTS: the cleanup after a Drop.
+	if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err != nil {
+		tb.Errorf("drop schema %s: %v", schema, err)
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"slices"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+	"github.com/tally-accounting/tally/pkg/pgtest"
 )
 
 // benchSizes are the store sizes benchmarked: 100,000 records always,
@@ -141,6 +143,7 @@ func BenchmarkStore(b *testing.B) {
 				// The store the last ingest filled, for the queries; it
 				// belongs to this benchmark, not to the ingest one.
 				var s Store
+				var loc string
 				for _, writers := range []int{1, benchWriters} {
 					name := "ingest"
 					if writers > 1 {
@@ -148,11 +151,14 @@ func BenchmarkStore(b *testing.B) {
 					}
 					b.Run(name, func(b *testing.B) {
 						var total, cpu time.Duration
-						var loc string
 						for range b.N {
 							b.StopTimer()
 							if s != nil {
+								// The last ingest's store goes, so that the
+								// next starts on a server (or disk) holding
+								// no other million records.
 								s.Close()
+								dropLocation(b, loc)
 							}
 							loc = be.location(pb)
 							s = openAt(pb, loc)
@@ -232,6 +238,19 @@ func BenchmarkStore(b *testing.B) {
 			})
 		}
 	}
+}
+
+// dropLocation removes a store a benchmark has done with.
+func dropLocation(b *testing.B, loc string) {
+	if path, ok := strings.CutPrefix(loc, "sqlite://"); ok {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			if err := os.Remove(path + suffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				b.Fatal(err)
+			}
+		}
+		return
+	}
+	pgtest.Drop(b, loc)
 }
 
 // cpuTime is the CPU time this process has used.
