@@ -40,6 +40,20 @@
 // (records_key_given). A key as random as a UUID took a random index
 // page per record at every write (schema version 8).
 //
+// # Concurrent writers
+//
+// The messenger writes batches from concurrent pushes, one per enricher
+// worker. A record's rollup deltas depend on its stored row and months,
+// so two writers of one record must take turns. SQLite has one writer:
+// batches that arrive while it writes wait, and are committed together.
+// PostgreSQL writers share the store's advisory lock (a migration takes
+// it alone), then lock each identity of their batch (a transaction
+// advisory lock on its hash, in ascending order) and update the rollup
+// rows in key order: writers of different records write at once, and
+// none waits for another in a circle. A batch of more than 1,000
+// records, or one aborted by a deadlock with another session or a full
+// lock table, is written under the store's lock alone.
+//
 // # Monthly cloud usage, as APEL's summariser computes it
 //
 // APEL's SummariseVMs (schemas/cloud.sql) sums, per month, each
