@@ -84,7 +84,7 @@ func openPostgres(ctx context.Context, dsn string, target int) (*pgStore, error)
 		pool.Close()
 		return nil, err
 	}
-	s.derivedKeys = v >= derivedKeysVersion
+	s.derivedKeys, s.voWalks = v >= derivedKeysVersion, v >= pgVOListVersion
 	s.upsertRecord = pgUpsertRecords(recordColumns)
 	s.selectMonths, s.upsertMonth, s.upsertWindow = pgSelectMonths, pgUpsertMonth, pgUpsertWindow
 	if v >= pgRidsVersion {
@@ -208,6 +208,10 @@ var (
 // pgRidsVersion is the schema version that keyed PostgreSQL's
 // record_windows and cloud_months by the record's rid.
 const pgRidsVersion = 9
+
+// pgVOListVersion is the schema version that gave PostgreSQL's List one
+// index, records_vo_list.
+const pgVOListVersion = 10
 
 // pgCloudIdent is cloudIdent in SQL.
 func pgCloudIdent(site, vm string) string {

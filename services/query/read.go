@@ -28,6 +28,9 @@ type reader struct {
 	query querier
 	// buckets: List walks SQLite's bucket indexes (schema version 6).
 	buckets bool
+	// voWalks: List walks PostgreSQL's records_vo_list per VO (schema
+	// version 10).
+	voWalks bool
 	// derivedKeys: a derived key is found through the identity's index
 	// (schema version 8).
 	derivedKeys bool
@@ -174,9 +177,12 @@ func decode(data []byte) (*tallyv1.Record, error) {
 func (r *reader) List(ctx context.Context, f *tallyv1.RecordFilter, after *Cursor, limit int) ([]*tallyv1.Record, *Cursor, error) {
 	var q string
 	var args []any
-	if r.buckets {
+	switch {
+	case r.buckets:
 		q, args = bucketedList(f, after, limit+1)
-	} else {
+	case r.voWalks:
+		q, args = voWalkList(f, after, limit+1)
+	default:
 		c := where(f, f.GetTypes(), "start_ts", "end_ts")
 		if after != nil {
 			c.add("(start_ts < ? OR (start_ts = ? AND ident < ?))", after.Start, after.Start, after.Ident)
@@ -213,6 +219,36 @@ func (r *reader) List(ctx context.Context, f *tallyv1.RecordFilter, after *Curso
 		return nil, nil, fmt.Errorf("query: list: %w", err)
 	}
 	return out, next, nil
+}
+
+// voWalkList is List's query over PostgreSQL's records_vo_list, for n
+// rows: a walk per VO in List's order (the filter's VOs, or every VO in
+// the store, which a recursive query finds with one index descent each),
+// merged by ORDER BY; only the page's rows are read.
+func voWalkList(f *tallyv1.RecordFilter, after *Cursor, n int) (string, []any) {
+	g := &tallyv1.RecordFilter{}
+	if f != nil {
+		g = proto.CloneOf(f)
+	}
+	g.Vos = nil
+	c := where(g, g.GetTypes(), "start_ts", "end_ts")
+	c.add("vo = vos.vo")
+	if after != nil {
+		// A row comparison: the index seeks to it.
+		c.add("(start_ts, ident) < (?, ?)", after.Start, after.Ident)
+	}
+	var args []any
+	vos := "WITH RECURSIVE v(vo) AS (SELECT min(vo) FROM records UNION ALL " +
+		"SELECT (SELECT min(r.vo) FROM records r WHERE r.vo > v.vo) FROM v WHERE v.vo IS NOT NULL) SELECT vo FROM v WHERE vo IS NOT NULL"
+	if len(f.GetVos()) > 0 {
+		vos = "SELECT DISTINCT vo FROM unnest(?::text[]) AS v(vo)"
+		args = append(args, f.GetVos())
+	}
+	q := "SELECT start_ts, ident, data FROM records WHERE ident IN (SELECT w.ident FROM (" + vos + ") AS vos, " +
+		"LATERAL (SELECT start_ts, ident FROM records WHERE " + c.sql() + " ORDER BY start_ts DESC, ident DESC LIMIT ?) AS w " +
+		"ORDER BY w.start_ts DESC, w.ident DESC LIMIT ?) ORDER BY start_ts DESC, ident DESC"
+	args = append(append(args, c.args...), n, n)
+	return q, args
 }
 
 // The indexes SQLite's List walks (migration 6). A cloud record's entry

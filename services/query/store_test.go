@@ -664,13 +664,14 @@ func TestPostgresFailedWrite(t *testing.T) {
 }
 
 // TestListPagesAcrossBuckets pages through records spread over two
-// years, so that List's walks (SQLite's by bucket of start) cross many
-// buckets, under filters of one VO, several, none, types and time
-// ranges, and after updates that end VMs.
+// years, so that List's walks (SQLite's by bucket of start, PostgreSQL's
+// per VO) cross many buckets, under filters of one VO, several, none,
+// types and time ranges, and after updates that end VMs. Some records
+// have no VO: a walk of every VO must find them too.
 func TestListPagesAcrossBuckets(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	base := at("2025-01-01T00:00:00Z")
-	vos := []string{"big", "big", "big", "mid", "mid", "rare"}
+	vos := []string{"big", "big", "big", "mid", "mid", "rare", ""}
 	var vms []vm
 	for i := range 900 {
 		v := vm{id: fmt.Sprintf("vm-%04d", rng.IntN(10000)*10000+i), site: "S1", vo: vos[rng.IntN(len(vos))],
