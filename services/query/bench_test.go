@@ -277,8 +277,9 @@ func cpuTime() time.Duration {
 // SQLite from 6 (7, ridsVersion, rebuilds record_windows and
 // cloud_months; 8, derivedKeysVersion, builds the index of given keys),
 // for PostgreSQL from 8 (9, pgRidsVersion, numbers the records and
-// rebuilds both tables). It is the pause an upgraded tally's first start
-// takes. The store is filled with four writers, as BenchmarkStore's.
+// rebuilds both tables; 10, pgVOListVersion, builds records_vo_list). It
+// is the pause an upgraded tally's first start takes. The store is filled
+// with four writers, as BenchmarkStore's.
 func BenchmarkUpgradeToRids(b *testing.B) {
 	ctx := context.Background()
 	for _, be := range backends {

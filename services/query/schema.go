@@ -332,12 +332,14 @@ var migrations = []string{
 
 	// 10: in PostgreSQL, one index for List instead of two. records_vo
 	// and records_list each took an entry per record at a random place
-	// (a batch's records start at all times); without both, a
-	// million-record ingest ran about half as fast again. records_vo_list
-	// serves a List with VOs, a walk per VO in List's order, and one
-	// without, a walk per VO of the store (found by skipping through the
-	// index), merged; it carries the type and project, so those filters
-	// are tested in the index, as records_list's were.
+	// (a batch's records start at all times). records_vo_list serves a
+	// List with VOs, a walk per VO in List's order, and one without, a
+	// walk per VO of the store (found by skipping through the index),
+	// merged; it carries the type and project, so those filters are
+	// tested in the index, as records_list's were. A million-record
+	// ingest from four writers went from 14,100-18,600/s to
+	// 21,000-22,600/s, from one writer from 13,200-14,400/s to
+	// 15,100-15,200/s, in runs of one morning.
 	`{pg}CREATE INDEX records_vo_list ON records (vo, start_ts, ident, rtype, project_id);
 	{pg}DROP INDEX records_vo;
 	{pg}DROP INDEX records_list`,
