@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
-	"google.golang.org/protobuf/testing/protocmp"
-
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 )
 
@@ -121,33 +118,8 @@ func TestGroupCommit(t *testing.T) {
 	for _, b := range append(batches, []*tallyv1.Record{later.cloud(start, start.Add(time.Hour))}) {
 		write(t, seq, b...)
 	}
-	list := func(st Store) []*tallyv1.Record {
-		recs, _, err := st.List(ctx, &tallyv1.RecordFilter{}, nil, 1000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return recs
-	}
-	if diff := cmp.Diff(list(seq), list(s), protocmp.Transform()); diff != "" {
-		t.Errorf("records, one at a time vs grouped (-want +got):\n%s", diff)
-	}
-	by := []tallyv1.UsageGroupBy{tallyv1.UsageGroupBy_USAGE_GROUP_BY_MONTH, tallyv1.UsageGroupBy_USAGE_GROUP_BY_VO}
-	for _, f := range []*tallyv1.RecordFilter{{}, {Start: ts(at("2026-02-01T00:00:00Z")), End: ts(at("2026-03-01T00:00:00Z"))}} {
-		want, err := seq.Summarize(ctx, f, by)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := s.Summarize(ctx, f, by)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(want) == 0 {
-			t.Fatal("empty summary")
-		}
-		if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
-			t.Errorf("Summarize(%v), one at a time vs grouped (-want +got):\n%s", f, diff)
-		}
-	}
+	sameContent(t, seq, s, []tallyv1.UsageGroupBy{tallyv1.UsageGroupBy_USAGE_GROUP_BY_MONTH, tallyv1.UsageGroupBy_USAGE_GROUP_BY_VO},
+		1, "one at a time vs grouped")
 }
 
 // TestGroupCommitHandsOver queues many more batches than a group holds

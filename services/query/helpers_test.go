@@ -9,8 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/testing/protocmp"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
@@ -149,4 +151,43 @@ func keys(recs []*tallyv1.Record) []string {
 		out[i] = r.GetKey()
 	}
 	return out
+}
+
+// sameContent fails t unless got holds what want holds: the same records,
+// at least minRecords of them, and the same summaries by by, over
+// everything and over February 2026. how names the two ways the stores
+// were written, for the messages ("concurrent vs sequential").
+func sameContent(t *testing.T, want, got Store, by []tallyv1.UsageGroupBy, minRecords int, how string) {
+	t.Helper()
+	ctx := context.Background()
+	list := func(st Store) []*tallyv1.Record {
+		recs, _, err := st.List(ctx, &tallyv1.RecordFilter{}, nil, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return recs
+	}
+	wantRecs := list(want)
+	if len(wantRecs) < minRecords {
+		t.Fatalf("only %d records, want at least %d", len(wantRecs), minRecords)
+	}
+	if diff := cmp.Diff(wantRecs, list(got), protocmp.Transform()); diff != "" {
+		t.Errorf("records, %s (-want +got):\n%s", how, diff)
+	}
+	for _, f := range []*tallyv1.RecordFilter{{}, {Start: ts(at("2026-02-01T00:00:00Z")), End: ts(at("2026-03-01T00:00:00Z"))}} {
+		w, err := want.Summarize(ctx, f, by)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := got.Summarize(ctx, f, by)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(w) == 0 {
+			t.Fatal("empty summary")
+		}
+		if diff := cmp.Diff(w, g, protocmp.Transform()); diff != "" {
+			t.Errorf("Summarize(%v), %s (-want +got):\n%s", f, how, diff)
+		}
+	}
 }

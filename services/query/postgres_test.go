@@ -10,9 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-cmp/cmp"
-	"google.golang.org/protobuf/testing/protocmp"
-
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
 )
 
@@ -157,38 +154,8 @@ func TestPostgresConcurrentWriters(t *testing.T) {
 			write(t, seq, b...)
 		}
 	}
-	list := func(st Store) []*tallyv1.Record {
-		recs, _, err := st.List(ctx, &tallyv1.RecordFilter{}, nil, 1000)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return recs
-	}
-	want := list(seq)
-	if len(want) < 2*len(vms) {
-		t.Fatalf("only %d records in the sequential store", len(want))
-	}
-	if diff := cmp.Diff(want, list(s), protocmp.Transform()); diff != "" {
-		t.Errorf("records, concurrent vs sequential (-want +got):\n%s", diff)
-	}
-	by := []tallyv1.UsageGroupBy{tallyv1.UsageGroupBy_USAGE_GROUP_BY_MONTH, tallyv1.UsageGroupBy_USAGE_GROUP_BY_VO,
-		tallyv1.UsageGroupBy_USAGE_GROUP_BY_PROJECT}
-	for _, f := range []*tallyv1.RecordFilter{{}, {Start: ts(at("2026-02-01T00:00:00Z")), End: ts(at("2026-03-01T00:00:00Z"))}} {
-		want, err := seq.Summarize(ctx, f, by)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, err := s.Summarize(ctx, f, by)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(want) == 0 {
-			t.Fatal("empty summary")
-		}
-		if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
-			t.Errorf("Summarize(%v), concurrent vs sequential (-want +got):\n%s", f, diff)
-		}
-	}
+	sameContent(t, seq, s, []tallyv1.UsageGroupBy{tallyv1.UsageGroupBy_USAGE_GROUP_BY_MONTH, tallyv1.UsageGroupBy_USAGE_GROUP_BY_VO,
+		tallyv1.UsageGroupBy_USAGE_GROUP_BY_PROJECT}, 2*len(vms), "concurrent vs sequential")
 }
 
 // TestPostgresWriteRetriesAfterDeadlock: a writer caught in a cycle of
