@@ -234,7 +234,8 @@ func voWalkList(f *tallyv1.RecordFilter, after *Cursor, n int) (string, []any) {
 	c := where(g, g.GetTypes(), "start_ts", "end_ts")
 	c.add("vo = vos.vo")
 	if after != nil {
-		// A row comparison: the index seeks to it.
+		// A row comparison, which PostgreSQL can take as the index
+		// scan's bound (the OR form only as a filter).
 		c.add("(start_ts, ident) < (?, ?)", after.Start, after.Ident)
 	}
 	var args []any
