@@ -120,7 +120,7 @@ func (s *pgStore) tx(ctx context.Context, fn func(tx pgx.Tx) error) error {
 		return err
 	}
 	defer tx.Rollback(ctx)
-	if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", int64(writeLock)); err != nil {
+	if _, err := tx.Exec(ctx, pgLockStore, int64(writeLock)); err != nil {
 		return err
 	}
 	if err := fn(tx); err != nil {
@@ -404,8 +404,9 @@ func recordLockKeys(b *batch) []int32 {
 		return nil
 	}
 	keys := make([]int32, len(b.recs))
+	h := fnv.New32a()
 	for i := range b.recs {
-		h := fnv.New32a()
+		h.Reset()
 		h.Write([]byte(b.recs[i].ident))
 		keys[i] = int32(h.Sum32())
 	}
@@ -442,10 +443,11 @@ var pgSelectStored = "SELECT " + strings.Join(storedColumns, ", ") + " FROM reco
 func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []string, keys []int32) error {
 	ids := b.rolledIdents()
 	sds := map[string]*pgconn.StatementDescription{}
-	qs := []string{pgLockStore, s.selectMonths, pgSelectStored, s.upsertRecord, s.upsertWindow, pgUpsertUsage, s.upsertMonth, pgUpsertRollup}
+	locks := []string{pgLockStore}
 	if keys != nil {
-		qs = append(qs, pgShareStore, pgLockRecords)
+		locks = []string{pgShareStore, pgLockRecords}
 	}
+	qs := append(slices.Clone(locks), s.selectMonths, pgSelectStored, s.upsertRecord, s.upsertWindow, pgUpsertUsage, s.upsertMonth, pgUpsertRollup)
 	if len(sites) > 0 {
 		qs = append(qs, pgUpsertSites)
 	}
@@ -510,7 +512,6 @@ func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []s
 
 	// The locks first, in the same round trip: the server runs the
 	// reads after them.
-	locks := 1
 	if keys == nil {
 		if err := send(pgLockStore, int64(writeLock)); err != nil {
 			return err
@@ -522,7 +523,6 @@ func (s *pgStore) write(ctx context.Context, conn *pgx.Conn, b *batch, sites []s
 		if err := send(pgLockRecords, int32(recordLockClass), keys); err != nil {
 			return err
 		}
-		locks = 2
 	}
 	if len(b.vms) > 0 {
 		sites, vms := make([]string, len(b.vms)), make([]string, len(b.vms))
