@@ -250,6 +250,64 @@ func BenchmarkStore(b *testing.B) {
 	}
 }
 
+// BenchmarkListManyVOs times List without a VO at a site of many VOs:
+// PostgreSQL walks each VO of the store (schema 10), so the first page
+// reads up to a page per VO. 200,000 cloud records over 500 VOs; the
+// first page of a month and of everything, the worst of the runs.
+func BenchmarkListManyVOs(b *testing.B) {
+	ctx := context.Background()
+	const n, vos = 200_000, 500
+	for _, be := range backends {
+		b.Run(be.name, func(pb *testing.B) {
+			s := openAt(pb, be.location(pb))
+			base := at("2026-01-01T00:00:00Z")
+			var batch []*tallyv1.Record
+			for i := range n {
+				start := base.Add(time.Duration(i%(360*24)) * time.Hour)
+				v := vm{id: benchID("vm", i), site: "SITE", vo: fmt.Sprintf("vo-%03d", i%vos), project: "p", cpus: 1, start: start}
+				y, m, _ := start.Date()
+				monthEnd := time.Date(y, m+1, 1, 0, 0, 0, 0, time.UTC)
+				batch = append(batch, v.cloud(monthEnd.Add(-24*time.Hour), monthEnd))
+				if len(batch) == benchBatch {
+					if err := s.Write(ctx, batch); err != nil {
+						pb.Fatal(err)
+					}
+					batch = batch[:0]
+				}
+			}
+			if pg, ok := s.(*pgStore); ok {
+				// As autovacuum soon would.
+				if _, err := pg.pool.Exec(ctx, "VACUUM ANALYZE"); err != nil {
+					pb.Fatal(err)
+				}
+			}
+			for _, tc := range []struct {
+				name string
+				f    *tallyv1.RecordFilter
+			}{
+				{"month", &tallyv1.RecordFilter{Start: ts(at("2026-05-01T00:00:00Z")), End: ts(at("2026-06-01T00:00:00Z"))}},
+				{"all", &tallyv1.RecordFilter{}},
+			} {
+				pb.Run(tc.name, func(b *testing.B) {
+					var worst time.Duration
+					for b.Loop() {
+						t0 := time.Now()
+						recs, _, err := s.List(ctx, tc.f, nil, DefaultPageSize)
+						worst = max(worst, time.Since(t0))
+						if err != nil {
+							b.Fatal(err)
+						}
+						if len(recs) != DefaultPageSize {
+							b.Fatalf("%d records on the first page", len(recs))
+						}
+					}
+					b.ReportMetric(float64(worst.Microseconds())/1000, "max-ms")
+				})
+			}
+		})
+	}
+}
+
 // dropLocation removes a store a benchmark has done with.
 func dropLocation(b *testing.B, loc string) {
 	if path, ok := strings.CutPrefix(loc, "sqlite://"); ok {

@@ -342,8 +342,9 @@ var migrations = []string{
 	// 13,900-14,700/s to 14,600-15,200/s (without end_ts; with it, within
 	// the noise of those). The price is a List without VOs at a site of
 	// many: it reads up to a page per VO. With 500 VOs in 200,000
-	// records, a month's first page took up to 26 ms (89 ms without
-	// end_ts in the index, which each walk then read from the rows).
+	// records, a month's first page takes 21-26 ms at worst
+	// (BenchmarkListManyVOs); without end_ts in the index, each walk read
+	// rows for a time range's start, and it took 58-89 ms.
 	`{pg}CREATE INDEX records_vo_list ON records (vo, start_ts, ident, rtype, project_id, end_ts);
 	{pg}DROP INDEX records_vo;
 	{pg}DROP INDEX records_list`,
