@@ -31,12 +31,24 @@
 // rows append instead of landing at the random place its VM's UUID would
 // give them (schema version 7 in SQLite, 9 in PostgreSQL).
 //
+// SQLite's file has no index of identities (schema version 11): an
+// index keyed by the cloud's UUIDs took each new record's entry at a
+// random page, the largest cost of a write at a million records. Its
+// records are numbered by rid (the rowid) and keep their identity's
+// 64-bit hash in ident_h, indexed in rid order (records_hashes, which
+// appends). The store loads the hashes at open and finds a record's rid
+// in memory (identIndex, about 40 bytes a record); the rows a hash names
+// are read and their identities compared, so a hash two identities share
+// costs a read, never a record. A writer first catches up on rows
+// another process wrote to the file, a reader whose lookup misses too.
+//
 // GetRecord finds a record by its key. The extractors derive a record's
 // key from its identity ("cloud/<vm uuid>", "storage/<volume>/<unix
 // time>": the identity's parts without the site, joined by "/"); such a
 // record has no key index entry, and GetRecord turns the key back into
 // the identities it may stand for, one per site in key_sites, and reads
-// them through the identity's index. A key given otherwise is indexed
+// them through the identity's index (SQLite: the identIndex). A key
+// given otherwise is indexed
 // (records_key_given). A key as random as a UUID took a random index
 // page per record at every write (schema version 8).
 //

@@ -112,9 +112,10 @@ func TestMigrations(t *testing.T) {
 // TestMigrationFromV4 upgrades stores written at version 4, whose
 // PostgreSQL text compared under the database's collation, at version 5,
 // whose SQLite records had no seq nor bucket indexes, and at version 6,
-// whose SQLite windows and months were keyed by identity, and at
-// version 8, whose PostgreSQL ones were: reads give what they gave, no
-// window or month is lost, and writes go on from the stored rows.
+// whose SQLite windows and months were keyed by identity, at version 8,
+// whose PostgreSQL ones were, and at versions 9 and 10, whose SQLite
+// records had their identity as primary key: reads give what they gave,
+// no window or month is lost, and writes go on from the stored rows.
 func TestMigrationFromV4(t *testing.T) {
 	filters := []*tallyv1.RecordFilter{
 		nil,
@@ -125,7 +126,7 @@ func TestMigrationFromV4(t *testing.T) {
 		{Start: ts(at("2026-02-10T00:00:00Z"))},
 	}
 	for _, b := range backends {
-		for _, from := range []int{4, 5, 6, 7, 8} {
+		for _, from := range []int{4, 5, 6, 7, 8, 9, 10} {
 			t.Run(fmt.Sprintf("%s/v%d", b.name, from), func(t *testing.T) { upgradeFrom(t, b, from, filters) })
 		}
 	}

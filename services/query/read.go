@@ -34,6 +34,10 @@ type reader struct {
 	// derivedKeys: a derived key is found through the identity's index
 	// (schema version 8).
 	derivedKeys bool
+	// ridsOf, where set, finds the records of identities instead of an
+	// index of them (SQLite's identIndex, schema version 11): the rows
+	// of the rids it gives whose identity is one of ids.
+	ridsOf func(ctx context.Context, ids []string) ([]int64, error)
 }
 
 // cond is a WHERE clause under construction.
@@ -158,7 +162,20 @@ func (r *reader) getDerived(ctx context.Context, key string) (string, []any, err
 	}
 	q := "SELECT data, extracted_at, ident FROM records WHERE key = ? AND key_derived = 0"
 	args := []any{key}
-	if ids := keyIdents(key, sites); len(ids) > 0 {
+	ids := keyIdents(key, sites)
+	switch {
+	case len(ids) == 0:
+	case r.ridsOf != nil:
+		rids, err := r.ridsOf(ctx, ids)
+		if err != nil {
+			return "", nil, err
+		}
+		if len(rids) > 0 {
+			q += " UNION ALL SELECT data, extracted_at, ident FROM records WHERE rid IN (" + placeholders(len(rids)) +
+				") AND ident IN (" + placeholders(len(ids)) + ") AND key = ? AND key_derived = 1"
+			args = append(append(append(args, anys(rids)...), anys(ids)...), key)
+		}
+	default:
 		q += " UNION ALL SELECT data, extracted_at, ident FROM records WHERE ident IN (" + placeholders(len(ids)) +
 			") AND key = ? AND key_derived = 1"
 		args = append(append(args, anys(ids)...), key)

@@ -43,6 +43,12 @@ type sqliteStore struct {
 	upsertMonths  func(rows int) string
 	// sites are those key_sites holds (schema version 8, derivedKeys).
 	sites knownSites
+	// hashed: records are found by identity through idents, not an
+	// index in the file (schema version 11); tx holds what the open
+	// transaction adds to it (writeMu).
+	hashed bool
+	idents *identIndex
+	tx     txIdents
 	// queue holds the batches waiting for a commit; leading: a writer is
 	// committing them; enqueued counts batches ever queued (all qmu).
 	qmu      sync.Mutex
@@ -110,15 +116,25 @@ func openSQLite(ctx context.Context, path string, target, cacheMiB int) (*sqlite
 		s.Close()
 		return nil, fmt.Errorf("%w (store %s)", err, path)
 	}
-	s.buckets, s.rids, s.derivedKeys = v >= bucketsVersion, v >= ridsVersion, v >= derivedKeysVersion
-	s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(recordColumns), upsertWindows, upsertMonths
+	s.buckets, s.rids, s.derivedKeys, s.hashed = v >= bucketsVersion, v >= ridsVersion, v >= derivedKeysVersion, v >= hashedVersion
+	s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(recordColumns, "ident"), upsertWindows, upsertMonths
 	switch {
+	case s.hashed:
+		s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(hashedColumns, "rid"), upsertRidWindows, upsertRidMonths
 	case s.derivedKeys:
-		s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(derivedColumns), upsertRidWindows, upsertRidMonths
+		s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(derivedColumns, "ident"), upsertRidWindows, upsertRidMonths
 	case s.rids:
-		s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(ridColumns), upsertRidWindows, upsertRidMonths
+		s.upsertRecords, s.upsertWindows, s.upsertMonths = upsertRecords(ridColumns, "ident"), upsertRidWindows, upsertRidMonths
 	case s.buckets:
-		s.upsertRecords = upsertRecords(seqColumns)
+		s.upsertRecords = upsertRecords(seqColumns, "ident")
+	}
+	if s.hashed {
+		s.idents = newIdentIndex()
+		s.reader.ridsOf = s.readerRids
+		if err := s.catchUp(ctx, s.db); err != nil {
+			s.Close()
+			return nil, fmt.Errorf("query: sqlite store %s: loading the identities: %w", path, err)
+		}
 	}
 	// A store held at an older version (tests build those) lacks tables
 	// the statements name; its writes prepare each time.
@@ -277,10 +293,12 @@ func (s *sqliteStore) warm(ctx context.Context, b *batch) {
 	}
 	// The months read by rid are those of the VMs stored before, a
 	// number known only in the transaction: that statement is parsed there.
-	if n := min(len(b.recs), 1000); n > 0 && s.rids {
+	if n := min(len(b.recs), 1000); n > 0 && s.rids && !s.hashed {
 		qs = append(qs, selectRids(n))
 	}
-	if n := min(len(b.rolledIdents()), 1000); n > 0 {
+	// From hashedVersion the reads go by rid, as many as are stored
+	// before, again a number known only in the transaction.
+	if n := min(len(b.rolledIdents()), 1000); n > 0 && !s.hashed {
 		qs = append(qs, selectStored(n))
 	}
 	for _, q := range qs {
@@ -314,6 +332,11 @@ func selectStored(n int) string {
 	return "SELECT " + strings.Join(storedColumns, ", ") + " FROM records WHERE ident IN (" + placeholders(n) + ")"
 }
 
+// selectStoredRids reads the same by rid (from hashedVersion).
+func selectStoredRids(n int) string {
+	return "SELECT " + strings.Join(storedColumns, ", ") + " FROM records WHERE rid IN (" + placeholders(n) + ")"
+}
+
 // sqliteChunk is how many rows one INSERT carries: statements, not
 // rows, dominate the cost of an upsert through database/sql, and 64 rows
 // of the widest table stay far below SQLite's 32766 parameters.
@@ -341,13 +364,22 @@ const derivedKeysVersion = 8
 // derivedKeysVersion.
 var derivedColumns = append(slices.Clone(ridColumns), "key_derived")
 
-// upsertRecords builds the records upsert of cols. An update keeps the
+// hashedVersion is the schema version that numbered SQLite's records
+// by rid (its rowid) and keeps their identities' hashes instead of an
+// index of identities (identIndex).
+const hashedVersion = 11
+
+// hashedColumns are the columns of SQLite's records from hashedVersion.
+var hashedColumns = append(slices.Clone(derivedColumns), "ident_h")
+
+// upsertRecords builds the records upsert of cols, on a conflict of key
+// (the identity, or from hashedVersion the rid). An update keeps the
 // row's seq: its bucket index entries stay where they are unless their
 // columns change.
-func upsertRecords(cols []string) func(rows int) string {
+func upsertRecords(cols []string, key string) func(rows int) string {
 	return func(rows int) string {
 		return "INSERT INTO records (" + strings.Join(cols, ", ") + ") VALUES " + tuples(rows, len(cols)) +
-			" ON CONFLICT (ident) DO UPDATE SET " + upsertSet(cols, "ident", "seq", "rid") +
+			" ON CONFLICT (" + key + ") DO UPDATE SET " + upsertSet(cols, "ident", "seq", "rid", "ident_h") +
 			" WHERE excluded.extracted_at >= records.extracted_at"
 	}
 }
@@ -506,6 +538,17 @@ func (s *sqliteStore) commit(ctx context.Context, group []*queued) error {
 		return fmt.Errorf("query: write: %w", err)
 	}
 	defer tx.Rollback()
+	if s.hashed {
+		// The transaction holds the write lock: rows another process
+		// wrote since are all there is to catch up on, and no one else
+		// takes a rid until it ends.
+		if err := s.catchUp(ctx, tx); err != nil {
+			return fmt.Errorf("query: write: %w", err)
+		}
+		s.idents.mu.RLock()
+		s.tx = txIdents{last: s.idents.last}
+		s.idents.mu.RUnlock()
+	}
 	for _, q := range group {
 		// A clock set back only costs appends, never order: seq orders
 		// no read.
@@ -522,6 +565,9 @@ func (s *sqliteStore) commit(ctx context.Context, group []*queued) error {
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("query: write: commit: %w", err)
+	}
+	if s.hashed {
+		s.idents.publish(s.tx.rows)
 	}
 	s.sites.add(sites)
 	if s.commits++; s.commits%checkpointEvery == 0 {
@@ -571,10 +617,127 @@ func (s *sqliteStore) scanAll(ctx context.Context, tx *sql.Tx, q string, args []
 	return errors.Join(rs.Err(), rs.Close())
 }
 
+// txIdents are the records an open transaction numbered (writeMu):
+// later batches of its group find them here, and its commit publishes
+// them to the identIndex.
+type txIdents struct {
+	rows   []identRow
+	byHash map[int64][]int64
+	// last is the greatest rid taken, stored or in the transaction.
+	last int64
+}
+
+// catchUp brings the identIndex up to the rows db (or tx) sees.
+func (s *sqliteStore) catchUp(ctx context.Context, db interface {
+	QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+}) error {
+	return s.idents.catchUp(ctx, func(ctx context.Context) (int64, error) {
+		var top int64
+		err := db.QueryRowContext(ctx, "SELECT COALESCE(MAX(rid), 0) FROM records").Scan(&top)
+		return top, err
+	}, func(ctx context.Context, after int64, add func(h, rid int64)) error {
+		// records_hashes is in rid order: the rows after a rid are a
+		// run at its end, read without the rows themselves.
+		rs, err := db.QueryContext(ctx, "SELECT ident_h, rid FROM records INDEXED BY records_hashes WHERE rid > ?", after)
+		if err != nil {
+			return err
+		}
+		for rs.Next() {
+			var h, rid int64
+			if err := rs.Scan(&h, &rid); err != nil {
+				rs.Close()
+				return err
+			}
+			add(h, rid)
+		}
+		return errors.Join(rs.Err(), rs.Close())
+	})
+}
+
+// readerRids is the reader's lookup of stored records by identity: the
+// rids whose hash matches one of ids (the query then compares the
+// identities). A miss catches up first, on rows another process wrote.
+func (s *sqliteStore) readerRids(ctx context.Context, ids []string) ([]int64, error) {
+	var out []int64
+	for pass := 0; pass < 2; pass++ {
+		for _, id := range ids {
+			out = s.idents.lookup(out, identHash(id))
+		}
+		if len(out) > 0 || pass > 0 {
+			break
+		}
+		if err := s.catchUp(ctx, s.db); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// hashedRids is ridsOf from hashedVersion: a record's rid is that of the
+// stored row (or one the transaction numbered) whose hash and identity
+// are its own.
+func (s *sqliteStore) hashedRids(ctx context.Context, tx *sql.Tx, b *batch) (map[string]int64, int64, error) {
+	rids := make(map[string]int64, len(b.recs))
+	hashes := make([]int64, len(b.recs))
+	var cands []int64
+	for i := range b.recs {
+		hashes[i] = identHash(b.recs[i].ident)
+		cands = s.idents.lookup(cands, hashes[i])
+		cands = append(cands, s.tx.byHash[hashes[i]]...)
+	}
+	// A hash names rows of any identity that shares it: the rows' own
+	// identities say which is the record's.
+	identOf := make(map[int64]string, len(cands))
+	for len(cands) > 0 {
+		n := min(len(cands), 1000)
+		err := s.scanAll(ctx, tx, "SELECT rid, ident FROM records WHERE rid IN ("+placeholders(n)+")", anys(cands[:n]), func(rs *sql.Rows) error {
+			var rid int64
+			var ident string
+			if err := rs.Scan(&rid, &ident); err != nil {
+				return err
+			}
+			identOf[rid] = ident
+			return nil
+		})
+		if err != nil {
+			return nil, 0, err
+		}
+		cands = cands[n:]
+	}
+	before := s.tx.last
+	var mine []int64
+	for i := range b.recs {
+		ident, h := b.recs[i].ident, hashes[i]
+		mine = append(s.idents.lookup(mine[:0], h), s.tx.byHash[h]...)
+		found := false
+		for _, rid := range mine {
+			if identOf[rid] == ident {
+				rids[ident], found = rid, true
+				break
+			}
+		}
+		if found {
+			continue
+		}
+		s.tx.last++
+		rids[ident] = s.tx.last
+		s.tx.rows = append(s.tx.rows, identRow{h, s.tx.last})
+		if s.tx.byHash == nil {
+			s.tx.byHash = map[int64][]int64{}
+		}
+		s.tx.byHash[h] = append(s.tx.byHash[h], s.tx.last)
+	}
+	return rids, before, nil
+}
+
 // ridsOf returns the rid of each of the batch's records: the stored one,
 // or, for a record not stored yet, one after the greatest so far; and
 // the greatest before the batch.
 func (s *sqliteStore) ridsOf(ctx context.Context, tx *sql.Tx, b *batch) (map[string]int64, int64, error) {
+	if s.hashed {
+		return s.hashedRids(ctx, tx, b)
+	}
 	rids := make(map[string]int64, len(b.recs))
 	for recs := b.recs; len(recs) > 0; {
 		n := min(len(recs), 1000)
@@ -679,9 +842,18 @@ func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
 	// The stored versions of records the usage rollup sums, to take them
 	// out of it where the batch replaces them.
 	prior := map[string]*attrs{}
-	for ids := b.rolledIdents(); len(ids) > 0; {
+	keys, stmt := anys(b.rolledIdents()), selectStored
+	if s.hashed {
+		keys, stmt = nil, selectStoredRids
+		for _, id := range b.rolledIdents() {
+			if rid := rids[id]; rid <= before {
+				keys = append(keys, rid)
+			}
+		}
+	}
+	for ids := keys; len(ids) > 0; {
 		n := min(len(ids), 1000)
-		err := s.scanAll(ctx, tx, selectStored(n), anys(ids[:n]), func(rs *sql.Rows) error {
+		err := s.scanAll(ctx, tx, stmt(n), ids[:n], func(rs *sql.Rows) error {
 			a := &attrs{}
 			if err := rs.Scan(storedAttrs(a)...); err != nil {
 				return err
@@ -705,6 +877,9 @@ func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
 		}
 		if s.derivedKeys {
 			rows[i] = append(rows[i], boolInt(b.recs[i].keyDerived))
+		}
+		if s.hashed {
+			rows[i] = append(rows[i], identHash(b.recs[i].ident))
 		}
 	}
 	if err := s.chunked(ctx, tx, rows, s.upsertRecords); err != nil {
