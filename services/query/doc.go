@@ -39,8 +39,8 @@
 // appends). The store loads the hashes at open and finds a record's rid
 // in memory (identIndex, about 40 bytes a record); the rows a hash names
 // are read and their identities compared, so a hash two identities share
-// costs a read, never a record. A writer first catches up on rows
-// another process wrote to the file, a reader whose lookup misses too.
+// costs a read, never a record. Writers and GetRecord first catch up on
+// rows another process wrote to the file.
 //
 // GetRecord finds a record by its key. The extractors derive a record's
 // key from its identity ("cloud/<vm uuid>", "storage/<volume>/<unix

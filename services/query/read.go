@@ -34,10 +34,10 @@ type reader struct {
 	// derivedKeys: a derived key is found through the identity's index
 	// (schema version 8).
 	derivedKeys bool
-	// ridsOf, where set, finds the records of identities instead of an
-	// index of them (SQLite's identIndex, schema version 11): the rows
+	// identRids, where set, finds the records of identities instead of
+	// an index of them (SQLite's identIndex, schema version 11): the rows
 	// of the rids it gives whose identity is one of ids.
-	ridsOf func(ctx context.Context, ids []string) ([]int64, error)
+	identRids func(ctx context.Context, ids []string) ([]int64, error)
 }
 
 // cond is a WHERE clause under construction.
@@ -165,8 +165,8 @@ func (r *reader) getDerived(ctx context.Context, key string) (string, []any, err
 	ids := keyIdents(key, sites)
 	switch {
 	case len(ids) == 0:
-	case r.ridsOf != nil:
-		rids, err := r.ridsOf(ctx, ids)
+	case r.identRids != nil:
+		rids, err := r.identRids(ctx, ids)
 		if err != nil {
 			return "", nil, err
 		}

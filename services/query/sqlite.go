@@ -130,7 +130,7 @@ func openSQLite(ctx context.Context, path string, target, cacheMiB int) (*sqlite
 	}
 	if s.hashed {
 		s.idents = newIdentIndex()
-		s.reader.ridsOf = s.readerRids
+		s.reader.identRids = s.readerRids
 		if err := s.catchUp(ctx, s.db); err != nil {
 			s.Close()
 			return nil, fmt.Errorf("query: sqlite store %s: loading the identities: %w", path, err)
@@ -657,19 +657,15 @@ func (s *sqliteStore) catchUp(ctx context.Context, db interface {
 
 // readerRids is the reader's lookup of stored records by identity: the
 // rids whose hash matches one of ids (the query then compares the
-// identities). A miss catches up first, on rows another process wrote.
+// identities), after catching up on rows another process wrote (one
+// seek to the greatest rid, when there are none).
 func (s *sqliteStore) readerRids(ctx context.Context, ids []string) ([]int64, error) {
+	if err := s.catchUp(ctx, s.db); err != nil {
+		return nil, err
+	}
 	var out []int64
-	for pass := 0; pass < 2; pass++ {
-		for _, id := range ids {
-			out = s.idents.lookup(out, identHash(id))
-		}
-		if len(out) > 0 || pass > 0 {
-			break
-		}
-		if err := s.catchUp(ctx, s.db); err != nil {
-			return nil, err
-		}
+	for _, id := range ids {
+		out = s.idents.lookup(out, identHash(id))
 	}
 	return out, nil
 }
