@@ -403,6 +403,11 @@ func upsertRidMonths(rows int) string {
 		" ON CONFLICT (rid, year, month) DO UPDATE SET " + upsertSet(ridMonthColumns, "rid", "year", "month")
 }
 
+// selectIdents reads the identities of stored records by rid.
+func selectIdents(n int) string {
+	return "SELECT rid, ident FROM records WHERE rid IN (" + placeholders(n) + ")"
+}
+
 // selectRids reads the rids of stored records by identity.
 func selectRids(n int) string {
 	return "SELECT ident, rid FROM records WHERE ident IN (" + placeholders(n) + ")"
@@ -617,6 +622,19 @@ func (s *sqliteStore) scanAll(ctx context.Context, tx *sql.Tx, q string, args []
 	return errors.Join(rs.Err(), rs.Close())
 }
 
+// scanIn runs the query stmt builds for n keys over args, keys of per
+// values each, at most 1000 keys a statement, and calls row for each row.
+func (s *sqliteStore) scanIn(ctx context.Context, tx *sql.Tx, args []any, per int, stmt func(n int) string, row func(rs *sql.Rows) error) error {
+	for len(args) > 0 {
+		n := min(len(args)/per, 1000)
+		if err := s.scanAll(ctx, tx, stmt(n), args[:n*per], row); err != nil {
+			return err
+		}
+		args = args[n*per:]
+	}
+	return nil
+}
+
 // txIdents are the records an open transaction numbered (writeMu):
 // later batches of its group find them here, and its commit publishes
 // them to the identIndex.
@@ -685,21 +703,17 @@ func (s *sqliteStore) hashedRids(ctx context.Context, tx *sql.Tx, b *batch) (map
 	// A hash names rows of any identity that shares it: the rows' own
 	// identities say which is the record's.
 	identOf := make(map[int64]string, len(cands))
-	for len(cands) > 0 {
-		n := min(len(cands), 1000)
-		err := s.scanAll(ctx, tx, "SELECT rid, ident FROM records WHERE rid IN ("+placeholders(n)+")", anys(cands[:n]), func(rs *sql.Rows) error {
-			var rid int64
-			var ident string
-			if err := rs.Scan(&rid, &ident); err != nil {
-				return err
-			}
-			identOf[rid] = ident
-			return nil
-		})
-		if err != nil {
-			return nil, 0, err
+	err := s.scanIn(ctx, tx, anys(cands), 1, selectIdents, func(rs *sql.Rows) error {
+		var rid int64
+		var ident string
+		if err := rs.Scan(&rid, &ident); err != nil {
+			return err
 		}
-		cands = cands[n:]
+		identOf[rid] = ident
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
 	}
 	before := s.tx.last
 	var mine []int64
@@ -735,25 +749,21 @@ func (s *sqliteStore) ridsOf(ctx context.Context, tx *sql.Tx, b *batch) (map[str
 		return s.hashedRids(ctx, tx, b)
 	}
 	rids := make(map[string]int64, len(b.recs))
-	for recs := b.recs; len(recs) > 0; {
-		n := min(len(recs), 1000)
-		args := make([]any, n)
-		for i := range recs[:n] {
-			args[i] = recs[i].ident
+	args := make([]any, len(b.recs))
+	for i := range b.recs {
+		args[i] = b.recs[i].ident
+	}
+	err := s.scanIn(ctx, tx, args, 1, selectRids, func(rs *sql.Rows) error {
+		var ident string
+		var rid int64
+		if err := rs.Scan(&ident, &rid); err != nil {
+			return err
 		}
-		err := s.scanAll(ctx, tx, selectRids(n), args, func(rs *sql.Rows) error {
-			var ident string
-			var rid int64
-			if err := rs.Scan(&ident, &rid); err != nil {
-				return err
-			}
-			rids[ident] = rid
-			return nil
-		})
-		if err != nil {
-			return nil, 0, err
-		}
-		recs = recs[n:]
+		rids[ident] = rid
+		return nil
+	})
+	if err != nil {
+		return nil, 0, err
 	}
 	// The transaction holds the write lock: no other writer takes these.
 	var last int64
@@ -799,27 +809,13 @@ func (s *sqliteStore) storedMonths(ctx context.Context, tx *sql.Tx, b *batch, ri
 				args = append(args, rid)
 			}
 		}
-		for len(args) > 0 {
-			n := min(len(args), 1000)
-			if err := s.scanAll(ctx, tx, selectRidMonths(n), args[:n], row); err != nil {
-				return nil, err
-			}
-			args = args[n:]
-		}
-		return stored, nil
+		return stored, s.scanIn(ctx, tx, args, 1, selectRidMonths, row)
 	}
-	for vms := b.vms; len(vms) > 0; {
-		n := min(len(vms), 1000)
-		args := make([]any, 0, 2*n)
-		for _, k := range vms[:n] {
-			args = append(args, k.site, k.vm)
-		}
-		if err := s.scanAll(ctx, tx, selectMonths(n), args, row); err != nil {
-			return nil, err
-		}
-		vms = vms[n:]
+	args := make([]any, 0, 2*len(b.vms))
+	for _, k := range b.vms {
+		args = append(args, k.site, k.vm)
 	}
-	return stored, nil
+	return stored, s.scanIn(ctx, tx, args, 2, selectMonths, row)
 }
 
 func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
@@ -847,20 +843,16 @@ func (s *sqliteStore) write(ctx context.Context, tx *sql.Tx, b *batch) error {
 			}
 		}
 	}
-	for ids := keys; len(ids) > 0; {
-		n := min(len(ids), 1000)
-		err := s.scanAll(ctx, tx, stmt(n), ids[:n], func(rs *sql.Rows) error {
-			a := &attrs{}
-			if err := rs.Scan(storedAttrs(a)...); err != nil {
-				return err
-			}
-			prior[a.ident] = a
-			return nil
-		})
-		if err != nil {
+	err = s.scanIn(ctx, tx, keys, 1, stmt, func(rs *sql.Rows) error {
+		a := &attrs{}
+		if err := rs.Scan(storedAttrs(a)...); err != nil {
 			return err
 		}
-		ids = ids[n:]
+		prior[a.ident] = a
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	rows := make([][]any, len(b.recs))
 	for i := range b.recs {
