@@ -405,7 +405,20 @@ func upsertRidMonths(rows int) string {
 
 // selectIdents reads the identities of stored records by rid.
 func selectIdents(n int) string {
-	return "SELECT rid, ident FROM records WHERE rid IN (" + placeholders(n) + ")"
+	return "SELECT ident, rid FROM records WHERE rid IN (" + placeholders(n) + ")"
+}
+
+// identRids scans the rows of selectIdents and selectRids into add.
+func identRids(add func(ident string, rid int64)) func(rs *sql.Rows) error {
+	return func(rs *sql.Rows) error {
+		var ident string
+		var rid int64
+		if err := rs.Scan(&ident, &rid); err != nil {
+			return err
+		}
+		add(ident, rid)
+		return nil
+	}
 }
 
 // selectRids reads the rids of stored records by identity.
@@ -703,15 +716,7 @@ func (s *sqliteStore) hashedRids(ctx context.Context, tx *sql.Tx, b *batch) (map
 	// A hash names rows of any identity that shares it: the rows' own
 	// identities say which is the record's.
 	identOf := make(map[int64]string, len(cands))
-	err := s.scanIn(ctx, tx, anys(cands), 1, selectIdents, func(rs *sql.Rows) error {
-		var rid int64
-		var ident string
-		if err := rs.Scan(&rid, &ident); err != nil {
-			return err
-		}
-		identOf[rid] = ident
-		return nil
-	})
+	err := s.scanIn(ctx, tx, anys(cands), 1, selectIdents, identRids(func(ident string, rid int64) { identOf[rid] = ident }))
 	if err != nil {
 		return nil, 0, err
 	}
@@ -753,15 +758,7 @@ func (s *sqliteStore) ridsOf(ctx context.Context, tx *sql.Tx, b *batch) (map[str
 	for i := range b.recs {
 		args[i] = b.recs[i].ident
 	}
-	err := s.scanIn(ctx, tx, args, 1, selectRids, func(rs *sql.Rows) error {
-		var ident string
-		var rid int64
-		if err := rs.Scan(&ident, &rid); err != nil {
-			return err
-		}
-		rids[ident] = rid
-		return nil
-	})
+	err := s.scanIn(ctx, tx, args, 1, selectRids, identRids(func(ident string, rid int64) { rids[ident] = rid }))
 	if err != nil {
 		return nil, 0, err
 	}
