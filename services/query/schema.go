@@ -355,7 +355,8 @@ var migrations = []string{
 	// frame at commit and a page copied at checkpoint, the last index
 	// that did since version 8. With ordered ids, a million-record ingest
 	// ran half as fast again. The table is rebuilt with rid as its rowid
-	// (records_rid goes with the old table) and ident_h, the identity's
+	// (an INTEGER PRIMARY KEY, which VACUUM keeps; records_rid goes with
+	// the old table) and ident_h, the identity's
 	// hash (identHash, tally_ident_hash here), indexed in rid order:
 	// records_hashes appends, and the store loads it at open into the
 	// identIndex it finds records through. The other indexes are made
