@@ -70,10 +70,6 @@ func newIdentIndex() *identIndex {
 func (x *identIndex) lookup(out []int64, h int64) []int64 {
 	x.mu.RLock()
 	defer x.mu.RUnlock()
-	return x.lookupLocked(out, h)
-}
-
-func (x *identIndex) lookupLocked(out []int64, h int64) []int64 {
 	if rid, ok := x.first[h]; ok {
 		out = append(out, rid)
 		out = append(out, x.more[h]...)

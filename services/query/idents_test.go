@@ -3,7 +3,6 @@ package query
 import (
 	"context"
 	"path/filepath"
-	"slices"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -47,9 +46,8 @@ func sameGets(t *testing.T, want map[string]*tallyv1.Record, got Store, how stri
 // identity; identities that share one are told apart by the rows
 // themselves. With every identity on one hash, and on two, the store
 // holds what a store with the real hash holds, through redeliveries and
-// concurrent writers (whose batches share a transaction).
+// batches committed in one group (one transaction).
 func TestIdentHashCollisions(t *testing.T) {
-	ctx := context.Background()
 	batches := history(11, 40)
 	fill := func(s Store) {
 		for i, b := range batches {
@@ -76,12 +74,14 @@ func TestIdentHashCollisions(t *testing.T) {
 			identHash = tc.hash
 			defer func() { identHash = real }()
 			loc := "sqlite://" + filepath.Join(t.TempDir(), "q.db")
-			s := openAt(t, loc)
-			// Half from four writers at once, so that batches sharing
-			// a hash share a transaction; then in order.
+			s := openAt(t, loc).(*sqliteStore)
+			// Half queued while the writer is held, so that batches
+			// sharing a hash share a transaction; then in order.
 			half := len(batches) / 2
-			if err := writeConcurrently(ctx, s, batches[:half]); err != nil {
-				t.Fatal(err)
+			for i, err := range writeAll(t, s, batches[:half]) {
+				if err != nil {
+					t.Fatalf("batch %d: %v", i, err)
+				}
 			}
 			for _, b := range batches[:half] {
 				write(t, s, b...) // in order again: the latest wins
@@ -101,38 +101,6 @@ func TestIdentHashCollisions(t *testing.T) {
 			sameContent(t, want, again, monthVO, 100, "reopened, colliding hashes vs real")
 		})
 	}
-}
-
-// writeConcurrently writes batches from four writers at once.
-func writeConcurrently(ctx context.Context, s Store, batches [][]*tallyv1.Record) error {
-	var n int
-	for _, b := range batches {
-		n += len(b)
-	}
-	ch := make(chan []*tallyv1.Record)
-	errs := make(chan error, 4)
-	for range 4 {
-		go func() {
-			var first error
-			for b := range ch {
-				if err := s.Write(ctx, b); err != nil && first == nil {
-					first = err
-				}
-			}
-			errs <- first
-		}()
-	}
-	for _, b := range batches {
-		ch <- slices.Clone(b)
-	}
-	close(ch)
-	var err error
-	for range 4 {
-		if e := <-errs; e != nil && err == nil {
-			err = e
-		}
-	}
-	return err
 }
 
 // TestIdentsOfAnotherProcess: two stores open on one file, as two

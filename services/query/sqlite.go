@@ -707,11 +707,13 @@ func (s *sqliteStore) readerRids(ctx context.Context, ids []string) ([]int64, er
 func (s *sqliteStore) hashedRids(ctx context.Context, tx *sql.Tx, b *batch) (map[string]int64, int64, error) {
 	rids := make(map[string]int64, len(b.recs))
 	hashes := make([]int64, len(b.recs))
+	// The candidates of record i are cands[ends[i-1]:ends[i]].
 	var cands []int64
+	ends := make([]int, len(b.recs))
 	for i := range b.recs {
 		hashes[i] = identHash(b.recs[i].ident)
-		cands = s.idents.lookup(cands, hashes[i])
-		cands = append(cands, s.tx.byHash[hashes[i]]...)
+		cands = append(s.idents.lookup(cands, hashes[i]), s.tx.byHash[hashes[i]]...)
+		ends[i] = len(cands)
 	}
 	// A hash names rows of any identity that shares it: the rows' own
 	// identities say which is the record's.
@@ -721,12 +723,14 @@ func (s *sqliteStore) hashedRids(ctx context.Context, tx *sql.Tx, b *batch) (map
 		return nil, 0, err
 	}
 	before := s.tx.last
-	var mine []int64
 	for i := range b.recs {
 		ident, h := b.recs[i].ident, hashes[i]
-		mine = append(s.idents.lookup(mine[:0], h), s.tx.byHash[h]...)
+		from := 0
+		if i > 0 {
+			from = ends[i-1]
+		}
 		found := false
-		for _, rid := range mine {
+		for _, rid := range cands[from:ends[i]] {
 			if identOf[rid] == ident {
 				rids[ident], found = rid, true
 				break
