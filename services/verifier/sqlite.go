@@ -85,7 +85,9 @@ func OpenSQLite(ctx context.Context, path string, cacheMiB int) (*SQLiteStore, e
 	// be gone for good. FULL fsyncs the WAL at every commit; batches and
 	// the group commit below make that one fsync per hundreds of
 	// notifications, not one each.
-	dsn := path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)"
+	// wal_autocheckpoint(0): the checkpointer copies the WAL, not the
+	// commits (see checkpointer).
+	dsn := path + "?_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=busy_timeout(10000)&_pragma=wal_autocheckpoint(0)"
 	if cacheMiB > 0 {
 		dsn += fmt.Sprintf("&_pragma=cache_size(-%d)", cacheMiB<<10) // negative: KiB
 	}
@@ -107,13 +109,9 @@ func OpenSQLite(ctx context.Context, path string, cacheMiB int) (*SQLiteStore, e
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	// The committer leaves checkpoints to the checkpointer.
-	if _, err := wconn.ExecContext(ctx, "PRAGMA wal_autocheckpoint = 0"); err != nil {
-		db.Close()
-		return nil, fmt.Errorf("open %s: %w", path, err)
-	}
 	cconn, err := db.Conn(ctx)
 	if err != nil {
+		wconn.Close()
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
@@ -498,7 +496,7 @@ func claimRows[T any](ctx context.Context, s *SQLiteStore, query, raw string, c 
 }
 
 // queryRows runs a query of the verification pass on the committer's
-// connection, in its turn between the group transactions. SQLite drops a
+// connection, as an op of the next group transaction. SQLite drops a
 // connection's page cache when another one committed since its last
 // transaction, so on a pooled connection the pass's claims and reads,
 // each after the commit of the last batch's outcomes, found a cold cache
