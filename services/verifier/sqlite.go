@@ -5,7 +5,6 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -45,10 +44,14 @@ type SQLiteStore struct {
 	walFrames     atomic.Int64
 	restartFrames int64
 	ckptPause     time.Duration
-	ops           chan writeOp
-	quit          chan struct{}
-	wg            sync.WaitGroup
-	once          sync.Once
+	// iids are the instances' numbers; tx those the current group
+	// transaction numbered (see instanceIDs).
+	iids *instanceIDs
+	tx   txIIDs
+	ops  chan writeOp
+	quit chan struct{}
+	wg   sync.WaitGroup
+	once sync.Once
 }
 
 type writeOp struct {
@@ -104,6 +107,11 @@ func OpenSQLite(ctx context.Context, path string, cacheMiB int) (*SQLiteStore, e
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
+	iids := newInstanceIDs()
+	if err := iids.catchUp(ctx, db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	wconn, err := db.Conn(ctx)
 	if err != nil {
 		db.Close()
@@ -115,7 +123,7 @@ func OpenSQLite(ctx context.Context, path string, cacheMiB int) (*SQLiteStore, e
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
-	s := &SQLiteStore{db: db, wconn: wconn, cconn: cconn, ckpt: make(chan struct{}, 1), restartFrames: restartAfter, ckptPause: checkpointPause, ops: make(chan writeOp), quit: make(chan struct{})}
+	s := &SQLiteStore{db: db, wconn: wconn, cconn: cconn, iids: iids, ckpt: make(chan struct{}, 1), restartFrames: restartAfter, ckptPause: checkpointPause, ops: make(chan writeOp), quit: make(chan struct{})}
 	s.wg.Go(s.committer)
 	s.wg.Go(s.checkpointer)
 	return s, nil
@@ -239,6 +247,14 @@ func (s *SQLiteStore) commit(group []writeOp) {
 		}
 	}
 	if err == nil {
+		// Instances another process numbered since: before any op, so
+		// that the transaction's rows are all committed ones.
+		s.tx = txIIDs{of: map[string]int64{}}
+		if err = s.iids.catchUp(ctx, tx); err != nil {
+			err = fmt.Errorf("%w: %v", errTxBroken, err)
+		}
+	}
+	if err == nil {
 		for i, op := range group {
 			if errs[i] = op.ctx.Err(); errs[i] == nil {
 				errs[i] = s.runOp(op, tx)
@@ -257,6 +273,7 @@ func (s *SQLiteStore) commit(group []writeOp) {
 		err = fmt.Errorf("begin: %w", err)
 	}
 	if err == nil {
+		s.iids.put(s.tx.added)
 		s.restartWAL(ctx)
 		select {
 		case s.ckpt <- struct{}{}:
@@ -280,11 +297,13 @@ func (s *SQLiteStore) runOp(op writeOp, tx *sql.Tx) error {
 	if _, err := tx.ExecContext(ctx, "SAVEPOINT op"); err != nil {
 		return fmt.Errorf("%w: savepoint: %v", errTxBroken, err)
 	}
+	mark := len(s.tx.added)
 	err := op.fn(ctx, tx)
 	if err != nil {
 		if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO op"); rerr != nil {
 			return fmt.Errorf("%w: %v (rollback: %v)", errTxBroken, err, rerr)
 		}
+		s.tx.undo(mark)
 	}
 	if _, rerr := tx.ExecContext(ctx, "RELEASE op"); rerr != nil {
 		return fmt.Errorf("%w: release savepoint: %v", errTxBroken, rerr)
@@ -332,7 +351,11 @@ func (s *SQLiteStore) exec(ctx context.Context, query string, args ...any) error
 
 // Launches implements Store.
 func (s *SQLiteStore) Launches(ctx context.Context, instance string) ([]InstanceUsage, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE iid = `+iidOfUUID+` ORDER BY launched_sec`, instance)
+	iid, ok, err := s.iidOf(ctx, instance)
+	if err != nil || !ok {
+		return nil, err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE iid = ? ORDER BY launched_sec`, iid)
 	if err != nil {
 		return nil, fmt.Errorf("launches of %s: %w", instance, err)
 	}
@@ -350,8 +373,12 @@ func (s *SQLiteStore) Launches(ctx context.Context, instance string) ([]Instance
 
 // Deletes implements Store.
 func (s *SQLiteStore) Deletes(ctx context.Context, instance string) ([]InstanceDelete, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT launched_at, deleted_at FROM instance_deletes WHERE iid = `+iidOfUUID+`
-		ORDER BY launched_sec`, instance)
+	iid, ok, err := s.iidOf(ctx, instance)
+	if err != nil || !ok {
+		return nil, err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT launched_at, deleted_at FROM instance_deletes WHERE iid = ?
+		ORDER BY launched_sec`, iid)
 	if err != nil {
 		return nil, fmt.Errorf("deletes of %s: %w", instance, err)
 	}
@@ -369,8 +396,12 @@ func (s *SQLiteStore) Deletes(ctx context.Context, instance string) ([]InstanceD
 
 // LaunchesOf implements Store.
 func (s *SQLiteStore) LaunchesOf(ctx context.Context, instances []string) (map[string][]InstanceUsage, error) {
+	iids, err := s.iidsOf(ctx, instances)
+	if err != nil {
+		return nil, fmt.Errorf("launches: %w", err)
+	}
 	us, err := queryRows(ctx, s, `SELECT `+usageCols+` FROM instance_usage
-		WHERE iid IN (`+iidsOf+`) ORDER BY iid, launched_sec`, scanUsage, jsonList(instances))
+		WHERE iid IN (SELECT value FROM json_each(?)) ORDER BY iid, launched_sec`, scanUsage, iids)
 	if err != nil {
 		return nil, fmt.Errorf("launches: %w", err)
 	}
@@ -383,8 +414,12 @@ func (s *SQLiteStore) LaunchesOf(ctx context.Context, instances []string) (map[s
 
 // DeletesOf implements Store.
 func (s *SQLiteStore) DeletesOf(ctx context.Context, instances []string) (map[string][]InstanceDelete, error) {
+	iids, err := s.iidsOf(ctx, instances)
+	if err != nil {
+		return nil, fmt.Errorf("deletes: %w", err)
+	}
 	ds, err := queryRows(ctx, s, `SELECT instance, launched_at, deleted_at FROM instance_deletes
-		WHERE iid IN (`+iidsOf+`) ORDER BY iid, launched_sec`, scanDelete, jsonList(instances))
+		WHERE iid IN (SELECT value FROM json_each(?)) ORDER BY iid, launched_sec`, scanDelete, iids)
 	if err != nil {
 		return nil, fmt.Errorf("deletes: %w", err)
 	}
@@ -395,22 +430,21 @@ func (s *SQLiteStore) DeletesOf(ctx context.Context, instances []string) (map[st
 	return out, nil
 }
 
-// iidOfUUID is the number of the instance of a uuid, and iidsOf the
-// numbers of those of a jsonList of uuids.
-const (
-	iidOfUUID   = `(SELECT iid FROM instances WHERE uuid = ?)`
-	instancesIn = `FROM instances WHERE uuid IN (SELECT value FROM json_each(?))`
-	iidsOf      = `SELECT iid ` + instancesIn
-)
-
-// jsonList passes a list as one parameter (json_each), so the statement
-// is the same whatever the list's length.
-func jsonList(v []string) string {
-	if v == nil {
-		v = []string{}
+// iidsOf is the numbers of those of instances that are known, committed,
+// as one parameter for json_each: the statement is the same whatever the
+// list's length.
+func (s *SQLiteStore) iidsOf(ctx context.Context, instances []string) (string, error) {
+	iids := make([]int64, 0, len(instances))
+	for _, id := range instances {
+		iid, ok, err := s.iidOf(ctx, id)
+		if err != nil {
+			return "", err
+		}
+		if ok {
+			iids = append(iids, iid)
+		}
 	}
-	b, _ := json.Marshal(v)
-	return string(b)
+	return iidList(iids), nil
 }
 
 const (
@@ -576,15 +610,16 @@ func (s *SQLiteStore) finish(ctx context.Context, table string, fs []Finished) e
 	return nil
 }
 
-// filterSQL is f's WHERE clause; uuidMatch matches f.UUID, its "?".
-func filterSQL(f ExistsFilter, uuidMatch string) (string, []any) {
+// filterSQL is f's WHERE clause; uuidMatch matches f.UUID, with uuidArg
+// for its "?".
+func filterSQL(f ExistsFilter, uuidMatch string, uuidArg any) (string, []any) {
 	var where []string
 	var args []any
 	if f.Status != "" {
 		where, args = append(where, "status = ?"), append(args, f.Status)
 	}
 	if f.UUID != "" {
-		where, args = append(where, uuidMatch), append(args, f.UUID)
+		where, args = append(where, uuidMatch), append(args, uuidArg)
 	}
 	if len(where) == 0 {
 		return "", nil
@@ -594,7 +629,14 @@ func filterSQL(f ExistsFilter, uuidMatch string) (string, []any) {
 
 // InstanceExistsList implements Store.
 func (s *SQLiteStore) InstanceExistsList(ctx context.Context, f ExistsFilter) ([]InstanceExists, error) {
-	where, args := filterSQL(f, "iid = "+iidOfUUID)
+	var iid int64 // 0, no instance's, when the UUID is unknown
+	if f.UUID != "" {
+		var err error
+		if iid, _, err = s.iidOf(ctx, f.UUID); err != nil {
+			return nil, fmt.Errorf("list exists: %w", err)
+		}
+	}
+	where, args := filterSQL(f, "iid = ?", iid)
 	rows, err := s.db.QueryContext(ctx, `SELECT `+sqliteExistsCols+` FROM instance_exists`+where+` ORDER BY id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list exists: %w", err)
@@ -674,7 +716,7 @@ func (s *SQLiteStore) FinishImageExistsBatch(ctx context.Context, fs []Finished)
 
 // ImageExistsList implements Store.
 func (s *SQLiteStore) ImageExistsList(ctx context.Context, f ExistsFilter) ([]ImageExists, error) {
-	where, args := filterSQL(f, "uuid = ?")
+	where, args := filterSQL(f, "uuid = ?", f.UUID)
 	rows, err := s.db.QueryContext(ctx, `SELECT `+imageExistsCols+` FROM image_exists`+where+` ORDER BY id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("list image exists: %w", err)
@@ -763,7 +805,6 @@ var _ Store = (*SQLiteStore)(nil)
 
 // The statements of ApplyBatch, prepared once per batch.
 const (
-	sqliteSelectIIDs   = `SELECT uuid, iid ` + instancesIn
 	sqliteInsertIID    = `INSERT INTO instances (uuid) VALUES (?)`
 	sqliteSelectLaunch = `SELECT ` + usageCols + ` FROM instance_usage WHERE iid = ? AND launched_sec = ?`
 	sqliteUpsertLaunch = `INSERT OR REPLACE INTO instance_usage (iid, launched_sec, ` + usageCols + `)
@@ -810,7 +851,7 @@ func (s *SQLiteStore) ApplyBatch(ctx context.Context, b *Batch) error {
 			}
 			return nil
 		}
-		iids, err := instanceNumbers(ctx, tx, b)
+		iids, err := s.instanceNumbers(ctx, tx, b)
 		if err != nil {
 			return fmt.Errorf("number instances: %w", err)
 		}
@@ -909,80 +950,6 @@ func (s *SQLiteStore) insertExists(ctx context.Context, tx *sql.Tx, es []Instanc
 		}
 	}
 	return nil
-}
-
-// batchIIDs are the numbers of a batch's instances (of), and which of
-// them the batch numbered (added).
-type batchIIDs struct {
-	of    map[string]int64
-	added map[string]bool
-}
-
-// instanceNumbers reads the numbers of b's instances and numbers the new
-// ones, after every instance before them. A new instance's launches,
-// deletes and exists then go at the end of their tables' keys, where its
-// UUID put each at a random page of three indexes (at a million
-// notifications, ingest ran at under a third of the rate it had with ids
-// in order); an exists of an older instance still goes to that
-// instance's place in (iid, msg_key), one random page where there were
-// two (msg_key and instance).
-func instanceNumbers(ctx context.Context, tx *sql.Tx, b *Batch) (batchIIDs, error) {
-	ids := batchIIDs{of: map[string]int64{}, added: map[string]bool{}}
-	var uuids []string
-	note := func(uuid string) {
-		if _, ok := ids.of[uuid]; !ok {
-			ids.of[uuid] = 0
-			uuids = append(uuids, uuid)
-		}
-	}
-	for _, ev := range b.Usage {
-		note(ev.Usage.Instance)
-	}
-	for _, d := range b.Deletes {
-		note(d.Instance)
-	}
-	for _, e := range b.Exists {
-		note(e.Usage.Instance)
-	}
-	if len(uuids) == 0 {
-		return ids, nil
-	}
-	rows, err := tx.QueryContext(ctx, sqliteSelectIIDs, jsonList(uuids))
-	if err != nil {
-		return ids, err
-	}
-	found := map[string]bool{}
-	if _, err := collectRows(rows, func(r scanner) (struct{}, error) {
-		var uuid string
-		var iid int64
-		err := r.Scan(&uuid, &iid)
-		ids.of[uuid], found[uuid] = iid, true
-		return struct{}{}, err
-	}); err != nil {
-		return ids, err
-	}
-	if len(found) == len(uuids) {
-		return ids, nil
-	}
-	ins, err := tx.PrepareContext(ctx, sqliteInsertIID)
-	if err != nil {
-		return ids, err
-	}
-	defer ins.Close()
-	for _, uuid := range uuids {
-		if found[uuid] {
-			continue
-		}
-		res, err := ins.ExecContext(ctx, uuid)
-		if err != nil {
-			return ids, err
-		}
-		if ids.of[uuid], err = res.LastInsertId(); err != nil {
-			return ids, err
-		}
-		ids.added[uuid] = true
-	}
-	return ids, nil
 }
 
 // lookup reads the stored row of each key, if any, with one prepared

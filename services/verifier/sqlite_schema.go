@@ -16,6 +16,16 @@ var sqliteMigrations = []func(context.Context, sqlConn) error{
 		return err
 	},
 	numberInstances,
+	// Version 3: the instances' UUIDs leave their index for memory (see
+	// instanceIDs); the table keeps them, in the order they were numbered.
+	func(ctx context.Context, c sqlConn) error {
+		_, err := c.ExecContext(ctx, `
+CREATE TABLE instances_v3 (iid INTEGER PRIMARY KEY, uuid TEXT NOT NULL);
+INSERT INTO instances_v3 (iid, uuid) SELECT iid, uuid FROM instances ORDER BY iid;
+DROP TABLE instances;
+ALTER TABLE instances_v3 RENAME TO instances;`)
+		return err
+	},
 }
 
 // sqlConn is what a migration step runs on: one connection, inside the

@@ -152,6 +152,14 @@ func TestSQLiteUpgradeNumbersInstances(t *testing.T) {
 	if iid != 3 {
 		t.Errorf("the new instance is number %d, want 3 (after a and b)", iid)
 	}
+	// Version 3: the UUIDs are no longer indexed, and each still has one
+	// number.
+	var indexes, twice int
+	mustDo(t, upgraded.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'instances'`).Scan(&indexes))
+	mustDo(t, upgraded.db.QueryRowContext(ctx, `SELECT COUNT(*) - COUNT(DISTINCT uuid) FROM instances`).Scan(&twice))
+	if indexes != 0 || twice != 0 {
+		t.Errorf("instances has %d indexes and %d UUIDs numbered twice; want 0 and 0", indexes, twice)
+	}
 }
 
 // TestSQLiteRefusesNewerStore: a store of a later version is refused, not
