@@ -44,14 +44,14 @@ type SQLiteStore struct {
 	walFrames     atomic.Int64
 	restartFrames int64
 	ckptPause     time.Duration
-	// iids are the instances' numbers; tx those the current group
+	// iids are the instances' numbers; newIIDs those the current group
 	// transaction numbered (see instanceIDs).
-	iids *instanceIDs
-	tx   txIIDs
-	ops  chan writeOp
-	quit chan struct{}
-	wg   sync.WaitGroup
-	once sync.Once
+	iids    *instanceIDs
+	newIIDs txIIDs
+	ops     chan writeOp
+	quit    chan struct{}
+	wg      sync.WaitGroup
+	once    sync.Once
 }
 
 type writeOp struct {
@@ -249,7 +249,7 @@ func (s *SQLiteStore) commit(group []writeOp) {
 	if err == nil {
 		// Instances another process numbered since: before any op, so
 		// that the transaction's rows are all committed ones.
-		s.tx = txIIDs{of: map[string]int64{}}
+		s.newIIDs = txIIDs{of: map[string]int64{}}
 		if err = s.iids.catchUp(ctx, tx); err != nil {
 			err = fmt.Errorf("%w: %v", errTxBroken, err)
 		}
@@ -273,7 +273,7 @@ func (s *SQLiteStore) commit(group []writeOp) {
 		err = fmt.Errorf("begin: %w", err)
 	}
 	if err == nil {
-		s.iids.put(s.tx.added)
+		s.iids.put(s.newIIDs.added)
 		s.restartWAL(ctx)
 		select {
 		case s.ckpt <- struct{}{}:
@@ -297,13 +297,13 @@ func (s *SQLiteStore) runOp(op writeOp, tx *sql.Tx) error {
 	if _, err := tx.ExecContext(ctx, "SAVEPOINT op"); err != nil {
 		return fmt.Errorf("%w: savepoint: %v", errTxBroken, err)
 	}
-	mark := len(s.tx.added)
+	mark := len(s.newIIDs.added)
 	err := op.fn(ctx, tx)
 	if err != nil {
 		if _, rerr := tx.ExecContext(ctx, "ROLLBACK TO op"); rerr != nil {
 			return fmt.Errorf("%w: %v (rollback: %v)", errTxBroken, err, rerr)
 		}
-		s.tx.undo(mark)
+		s.newIIDs.undo(mark)
 	}
 	if _, rerr := tx.ExecContext(ctx, "RELEASE op"); rerr != nil {
 		return fmt.Errorf("%w: release savepoint: %v", errTxBroken, rerr)
@@ -353,7 +353,7 @@ func (s *SQLiteStore) exec(ctx context.Context, query string, args ...any) error
 func (s *SQLiteStore) Launches(ctx context.Context, instance string) ([]InstanceUsage, error) {
 	iid, ok, err := s.iidOf(ctx, instance)
 	if err != nil || !ok {
-		return nil, err
+		return nil, wrapErr("launches of "+instance, err)
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT `+usageCols+` FROM instance_usage WHERE iid = ? ORDER BY launched_sec`, iid)
 	if err != nil {
@@ -375,7 +375,7 @@ func (s *SQLiteStore) Launches(ctx context.Context, instance string) ([]Instance
 func (s *SQLiteStore) Deletes(ctx context.Context, instance string) ([]InstanceDelete, error) {
 	iid, ok, err := s.iidOf(ctx, instance)
 	if err != nil || !ok {
-		return nil, err
+		return nil, wrapErr("deletes of "+instance, err)
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT launched_at, deleted_at FROM instance_deletes WHERE iid = ?
 		ORDER BY launched_sec`, iid)

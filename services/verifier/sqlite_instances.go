@@ -83,6 +83,14 @@ func (x *instanceIDs) putLocked(ids []numbered) {
 	}
 }
 
+// wrapErr is err with what, or nil.
+func wrapErr(what string, err error) error {
+	if err == nil {
+		return nil
+	}
+	return fmt.Errorf("%s: %w", what, err)
+}
+
 // numbered is an instance and its number.
 type numbered struct {
 	uuid string
@@ -171,7 +179,7 @@ func (s *SQLiteStore) instanceNumbers(ctx context.Context, tx *sql.Tx, b *Batch)
 		if _, ok := ids.of[id]; ok {
 			return nil
 		}
-		if iid, ok := s.tx.of[id]; ok {
+		if iid, ok := s.newIIDs.of[id]; ok {
 			ids.of[id] = iid
 			return nil
 		}
@@ -194,8 +202,8 @@ func (s *SQLiteStore) instanceNumbers(ctx context.Context, tx *sql.Tx, b *Batch)
 			return err
 		}
 		ids.of[id], ids.added[id] = iid, true
-		s.tx.of[id] = iid
-		s.tx.added = append(s.tx.added, numbered{id, iid})
+		s.newIIDs.of[id] = iid
+		s.newIIDs.added = append(s.newIIDs.added, numbered{id, iid})
 		return nil
 	}
 	for _, ev := range b.Usage {
