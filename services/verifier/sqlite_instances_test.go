@@ -1,11 +1,14 @@
 package verifier
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -27,9 +30,16 @@ func TestUUIDKey(t *testing.T) {
 		{"i-1", false},
 		{"", false},
 	} {
-		if _, ok := uuidKey(tc.id); ok != tc.uuid {
+		k, ok := uuidKey(tc.id)
+		if ok != tc.uuid {
 			t.Errorf("uuidKey(%q) is a UUID: %v, want %v", tc.id, ok, tc.uuid)
 		}
+		if want, _ := hex.DecodeString(strings.ReplaceAll(tc.id, "-", "")); ok && !bytes.Equal(k[:], want) {
+			t.Errorf("uuidKey(%q) = %x, want %x", tc.id, k, want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { uuidKey("2f6f9a0e-5b0f-4c53-9d55-6b1b8d1b00cc") }); n != 0 {
+		t.Errorf("uuidKey allocates %v times", n)
 	}
 	// Both spellings are numbered apart.
 	x := newInstanceIDs()
