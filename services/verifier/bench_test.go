@@ -10,8 +10,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -160,7 +163,10 @@ func (t *benchBodies) body(i int) []byte {
 //
 // cpu-µs/notification counts this process only (bridge, embedded
 // JetStream, verifier, and in live mode the publishing); RabbitMQ's is its
-// own.
+// own, reported as rabbitmq-cpu-µs/notification when the broker runs on
+// this machine (one process named beam.smp), since both share its cores.
+// TALLY_BENCH_HEAP=<file> writes a heap profile once everything is in the
+// verifier's store, to see what the memory holds at its largest.
 func BenchmarkBridgeToVerifier(b *testing.B) {
 	n := benchNotifications()
 	backlog := true
@@ -226,6 +232,7 @@ func runBench(b *testing.B, n int, backlog bool) {
 	runtime.ReadMemStats(&ms)
 	before := ms.TotalAlloc
 	cpuBefore := cpuTime()
+	brokerBefore, brokerLocal := brokerCPU()
 	start := time.Now()
 
 	br := bridge.New(bcfg, func() *bus.Bus { return bs }, nil, logger)
@@ -301,6 +308,9 @@ func runBench(b *testing.B, n int, backlog bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	ingested := time.Since(start)
+	if path := os.Getenv("TALLY_BENCH_HEAP"); path != "" {
+		writeHeapProfile(b, path)
+	}
 	settled.Store(true)
 	// Whether any exists is left, from the pending index: CountExists
 	// reads every exists, 3% of the run's CPU at a million when polled.
@@ -322,6 +332,7 @@ func runBench(b *testing.B, n int, backlog bool) {
 	}
 	took := time.Since(start)
 	cpu := cpuTime() - cpuBefore
+	brokerAfter, brokerStill := brokerCPU()
 	counts, _, err := v.Store().CountExists(ctx)
 	if err != nil {
 		b.Fatal(err)
@@ -332,6 +343,9 @@ func runBench(b *testing.B, n int, backlog bool) {
 	runtime.ReadMemStats(&ms)
 	b.ReportMetric(float64(n)/took.Seconds(), "notifications/s")
 	b.ReportMetric(float64(cpu.Microseconds())/float64(n), "cpu-µs/notification")
+	if brokerLocal && brokerStill {
+		b.ReportMetric(float64((brokerAfter-brokerBefore).Microseconds())/float64(n), "rabbitmq-cpu-µs/notification")
+	}
 	b.ReportMetric(float64(ms.TotalAlloc-before)/float64(n), "B/notification")
 	b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heapMiB")
 	b.ReportMetric(float64(ms.Sys)/(1<<20), "goSysMiB")
@@ -351,6 +365,58 @@ func cpuTime() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// brokerCPU is the CPU time used so far by the local RabbitMQ, the one
+// process named beam.smp; false when there is none, or several, or no
+// /proc.
+func brokerCPU() (time.Duration, bool) {
+	comms, _ := filepath.Glob("/proc/[0-9]*/comm")
+	var dir string
+	for _, c := range comms {
+		name, err := os.ReadFile(c)
+		if err != nil || strings.TrimSpace(string(name)) != "beam.smp" {
+			continue
+		}
+		if dir != "" {
+			return 0, false
+		}
+		dir = filepath.Dir(c)
+	}
+	if dir == "" {
+		return 0, false
+	}
+	stat, err := os.ReadFile(dir + "/stat")
+	if err != nil {
+		return 0, false
+	}
+	// After "pid (comm)", the fields from the third on: utime and stime
+	// are the 14th and 15th, in clock ticks (USER_HZ, 100 on Linux).
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return 0, false
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 13 {
+		return 0, false
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, true
+}
+
+func writeHeapProfile(b *testing.B, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	if err := pprof.WriteHeapProfile(f); err != nil {
+		b.Fatal(err)
+	}
 }
 
 // peakRSS is the most resident memory this process had, in bytes.
