@@ -497,37 +497,10 @@ func runStoreBench(b *testing.B, be storeBackend, n int) {
 	var settled atomic.Bool
 	v := New(cfg, nil, nil, nil, WithStore(s), WithClock(benchClock(&settled)))
 	bodies := newBenchBodies(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC))
-	batches := (n + cfg.IngestBatch - 1) / cfg.IngestBatch
-	var next atomic.Int64
-	errs := make(chan error, cfg.Workers)
 	cpuBefore := cpuTime()
 	start := time.Now()
-	for range cfg.Workers {
-		go func() {
-			for {
-				k := int(next.Add(1)) - 1
-				if k >= batches {
-					errs <- nil
-					return
-				}
-				var batch Batch
-				for i := k * cfg.IngestBatch; i < min(n, (k+1)*cfg.IngestBatch); i++ {
-					if err := v.collect(&batch, bodies.body(i), "notifications.info"); err != nil {
-						errs <- err
-						return
-					}
-				}
-				if err := s.ApplyBatch(ctx, &batch); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-	}
-	for range cfg.Workers {
-		if err := <-errs; err != nil {
-			b.Fatal(err)
-		}
+	if err := ingestBodies(ctx, v, s, bodies, n, cfg.IngestBatch, cfg.Workers); err != nil {
+		b.Fatal(err)
 	}
 	ingested := time.Since(start)
 	settled.Store(true)
@@ -550,6 +523,43 @@ func runStoreBench(b *testing.B, be storeBackend, n int) {
 			b.ReportMetric(float64(fi.Size())/(1<<20), "walMiB")
 		}
 	}
+}
+
+// ingestBodies applies bodies 0..n-1 to s, read by v, in batches of per
+// by writers concurrent writers, as the bus consumer does.
+func ingestBodies(ctx context.Context, v *Verifier, s Store, bodies *benchBodies, n, per, writers int) error {
+	batches := (n + per - 1) / per
+	var next atomic.Int64
+	errs := make(chan error, writers)
+	for range writers {
+		go func() {
+			for {
+				k := int(next.Add(1)) - 1
+				if k >= batches {
+					errs <- nil
+					return
+				}
+				var batch Batch
+				for i := k * per; i < min(n, (k+1)*per); i++ {
+					if err := v.collect(&batch, bodies.body(i), "notifications.info"); err != nil {
+						errs <- err
+						return
+					}
+				}
+				if err := s.ApplyBatch(ctx, &batch); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	var first error
+	for range writers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }
 
 // BenchmarkUpgradeNumberInstances times the open of a version-1 store

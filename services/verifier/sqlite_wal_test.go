@@ -24,35 +24,9 @@ func TestSQLiteWALStaysShort(t *testing.T) {
 	s.restartFrames, s.ckptPause = 64, 0
 	v := New(DefaultConfig(), nil, nil, nil, WithStore(s))
 	bodies := newBenchBodies(time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC))
-	const n, per, writers = 8000, 50, 4
-	batches := make(chan int, n/per)
-	for k := 0; k < n; k += per {
-		batches <- k
-	}
-	close(batches)
-	errs := make(chan error, writers)
-	for range writers {
-		go func() {
-			for k := range batches {
-				var b Batch
-				for i := k; i < k+per; i++ {
-					if err := v.collect(&b, bodies.body(i), "notifications.info"); err != nil {
-						errs <- err
-						return
-					}
-				}
-				if err := s.ApplyBatch(ctx, &b); err != nil {
-					errs <- err
-					return
-				}
-			}
-			errs <- nil
-		}()
-	}
-	for range writers {
-		if err := <-errs; err != nil {
-			t.Fatal(err)
-		}
+	const n = 8000
+	if err := ingestBodies(ctx, v, s, bodies, n, 50, 4); err != nil {
+		t.Fatal(err)
 	}
 	db, wal := fileSize(t, path), fileSize(t, path+"-wal")
 	t.Logf("database %d KiB, WAL %d KiB", db>>10, wal>>10)
