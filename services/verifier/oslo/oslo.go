@@ -12,8 +12,10 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/go-json-experiment/json/jsontext"
 	jsonv1 "github.com/go-json-experiment/json/v1"
 )
 
@@ -76,7 +78,8 @@ func Parse(body []byte) (*Message, error) {
 }
 
 func parse(decode decodeFunc, body []byte) (*Message, error) {
-	inner, v2, err := unwrap(decode, body)
+	inner, v2, e, err := unwrap(decode, body)
+	defer e.release()
 	if err != nil {
 		return nil, err
 	}
@@ -93,7 +96,8 @@ func parse(decode decodeFunc, body []byte) (*Message, error) {
 // once, where Parse and a decode of Payload would read the payload four
 // times (checked, skipped, scanned, decoded).
 func ParseDecoded(body []byte) (*Message, map[string]any, error) {
-	inner, v2, err := unwrap(std, body)
+	inner, v2, e, err := unwrap(std, body)
+	defer e.release()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -133,7 +137,8 @@ func ParseHeader(body []byte) (*Message, error) {
 }
 
 func parseHeader(decode decodeFunc, body []byte) (*Message, error) {
-	inner, v2, err := unwrap(decode, body)
+	inner, v2, e, err := unwrap(decode, body)
+	defer e.release()
 	if err != nil {
 		return nil, err
 	}
@@ -166,15 +171,11 @@ func (*skipValue) UnmarshalJSON([]byte) error { return nil }
 // such mismatch, and one outside the payload makes the message malformed,
 // so on a mismatch the (rare) strict ParseDecoded decides.
 func ParseTyped[P any](body []byte) (*Message, *P, error) {
-	if inner, v2, err := unwrap(fast, body); err == nil {
-		var m typed[P]
-		if err := fast(inner, &m); err == nil {
-			if msg, err := checked(&m.Message, v2); err == nil {
-				return msg, m.Payload, nil
-			}
-		}
+	if msg, p, err := parseTyped[P](body); err == nil {
+		return msg, p, nil
 	}
-	inner, v2, err := unwrap(std, body)
+	inner, v2, e, err := unwrap(std, body)
+	defer e.release()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -201,14 +202,44 @@ func ParseTyped[P any](body []byte) (*Message, *P, error) {
 	return msg, m.Payload, nil
 }
 
+// parseTyped is ParseTyped's fast reading.
+func parseTyped[P any](body []byte) (*Message, *P, error) {
+	inner, v2, e, err := unwrap(fast, body)
+	defer e.release()
+	if err != nil {
+		return nil, nil, err
+	}
+	var m typed[P]
+	if err := fast(inner, &m); err != nil {
+		return nil, nil, err
+	}
+	msg, err := checked(&m.Message, v2)
+	if err != nil {
+		return nil, nil, err
+	}
+	return msg, m.Payload, nil
+}
+
 // typed is a message with its payload decoded into a P.
 type typed[P any] struct {
 	Message
 	Payload *P `json:"payload"` // shadows Message.Payload
 }
 
-// unwrap returns the message inside a v2 envelope, or body itself.
-func unwrap(decode decodeFunc, body []byte) (inner []byte, v2 bool, err error) {
+// unwrap returns the message inside a v2 envelope, or body itself. The
+// message may be in e's buffer: the caller releases e once it decoded the
+// message, and uses inner no more.
+func unwrap(decode decodeFunc, body []byte) (inner []byte, v2 bool, e *envelope, err error) {
+	e = envelopes.Get().(*envelope)
+	if inner, v2, ok := e.read(body); ok {
+		return inner, v2, e, nil
+	}
+	inner, v2, err = unwrapDecoded(decode, body)
+	return inner, v2, e, err
+}
+
+// unwrapDecoded is unwrap by decoding the envelope into a struct.
+func unwrapDecoded(decode decodeFunc, body []byte) (inner []byte, v2 bool, err error) {
 	var env struct {
 		Version *string  `json:"oslo.version"`
 		Message *rawText `json:"oslo.message"`
@@ -226,6 +257,114 @@ func unwrap(decode decodeFunc, body []byte) (inner []byte, v2 bool, err error) {
 		return nil, false, malformed("oslo.version %s envelope without oslo.message", *env.Version)
 	}
 	return *env.Message, true, nil
+}
+
+// envelope reads the common v2 envelope, two string members spelled as
+// oslo.messaging writes them, with jsontext alone, and unescapes the
+// message into a buffer it reuses. Decoding the envelope into a struct
+// took twice the time (3.3 against 1.7 µs for a 1.4 KB exists) and
+// allocated a new message per notification, once in the bridge and again
+// in the verifier (BenchmarkParse: the bridge's reading from 6.0 to 4.3 µs
+// and 1,384 to 176 bytes, the verifier's from 8.1 to 6.4 µs and 2,080 to
+// 872 bytes). It answers only where both readings agree;
+// anything else (another letter case or an escape in a member name, a
+// null, a value of another type, a version not 2.x, half an envelope,
+// invalid JSON or UTF-8, trailing data) is left to them, so that every
+// error and every odd case reads as before.
+type envelope struct {
+	body bytes.Buffer // jsontext parses a bytes.Buffer in place
+	dec  *jsontext.Decoder
+	msg  []byte
+}
+
+var envelopes = sync.Pool{New: func() any {
+	e := new(envelope)
+	e.dec = jsontext.NewDecoder(&e.body)
+	return e
+}}
+
+// maxPooledMessage bounds the buffer an envelope keeps in the pool, so
+// that one huge notification does not hold its size for good.
+const maxPooledMessage = 64 << 10
+
+const (
+	versionName = `"oslo.version"`
+	messageName = `"oslo.message"`
+)
+
+// read returns the message of a v2 envelope, or body when it has neither
+// member; ok is false when the readings must decide.
+func (e *envelope) read(body []byte) (inner []byte, v2, ok bool) {
+	e.body = *bytes.NewBuffer(body)
+	e.dec.Reset(&e.body)
+	if e.dec.PeekKind() != '{' {
+		return nil, false, false
+	}
+	if _, err := e.dec.ReadToken(); err != nil {
+		return nil, false, false
+	}
+	var version, message bool
+	for e.dec.PeekKind() != '}' {
+		k, err := e.dec.ReadValue()
+		if err != nil {
+			return nil, false, false
+		}
+		isVersion, isMessage := string(k) == versionName, string(k) == messageName
+		if !isVersion && !isMessage {
+			// Both readings match member names without regard to case
+			// (Unicode's simple folding) and after unescaping.
+			if bytes.IndexByte(k, '\\') >= 0 || bytes.EqualFold(k, []byte(versionName)) || bytes.EqualFold(k, []byte(messageName)) {
+				return nil, false, false
+			}
+			if err := e.dec.SkipValue(); err != nil {
+				return nil, false, false
+			}
+			continue
+		}
+		if e.dec.PeekKind() != '"' {
+			return nil, false, false
+		}
+		v, err := e.dec.ReadValue()
+		if err != nil {
+			return nil, false, false
+		}
+		if isVersion {
+			// A later member of the same name replaces an earlier one,
+			// as in both readings.
+			version = bytes.HasPrefix(v, []byte(`"2.`))
+			if !version {
+				return nil, false, false
+			}
+			continue
+		}
+		if e.msg, err = jsontext.AppendUnquote(e.msg[:0], v); err != nil {
+			return nil, false, false
+		}
+		message = true
+	}
+	if _, err := e.dec.ReadToken(); err != nil {
+		return nil, false, false
+	}
+	if _, err := e.dec.ReadToken(); err != io.EOF {
+		return nil, false, false
+	}
+	switch {
+	case version && message:
+		return e.msg, true, true
+	case !version && !message:
+		return body, false, true
+	}
+	return nil, false, false
+}
+
+// release puts e back in the pool, without its reference to the body.
+func (e *envelope) release() {
+	e.body = bytes.Buffer{}
+	e.dec.Reset(&e.body)
+	if cap(e.msg) > maxPooledMessage {
+		e.msg = nil
+	}
+	envelopes.Put(e)
 }
 
 // rawText is a JSON string's unescaped bytes. As a *string, the message

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
@@ -124,6 +125,13 @@ func TestFastAgrees(t *testing.T) {
 		`{"event_type":"e","payload":null}`, `{"event_type":"e","payload":[1]}`, `{"event_type":"e","payload":"s"}`,
 		`{"event_type":"e","payload":{}} trailing`, `{"event_type":"e","payload":{}}  `, `{"event_type":"e","message_id":7}`,
 		`{"oslo.version":2,"oslo.message":"{}"}`, `{"oslo.version":"2.0","oslo.message":{"event_type":"e"}}`,
+		// Envelopes the pooled envelope leaves to the readings.
+		`{"oslo.version":"2.0","oslo.message":null}`, `{"oslo.version":null,"oslo.message":"{\"event_type\":\"e\"}"}`,
+		`{"oslo.version":"3.0","oslo.message":"{\"event_type\":\"e\"}"}`, `{"oslo.version":"2.0","oslo.version":"1.0","oslo.message":"{}"}`,
+		`{"oslo.vers\u0069on":"2.0","oslo.message":"{\"event_type\":\"e\"}"}`, "{\"o\u017flo.version\":\"2.0\",\"oslo.message\":\"{}\"}",
+		`{"oslo.message":"{\"event_type\":\"e\"}","OSLO.VERSION":"2.1"}`, `{"oslo.version":"2.0","oslo.message":"{\"event_type\":\"\ud800\"}"}`,
+		"{\"oslo.version\":\"2.0\",\"oslo.message\":\"{\\\"event_type\\\":\\\"e\xff\\\"}\"}",
+		`{"oslo.version":"2.0","oslo.message":"{\"event_type\":\"e\"}"} {}`, ` {"oslo.version":"2.0","x":[{"oslo.message":1}],"oslo.message":"{\"event_type\":\"e\"}"}` + "\n",
 	}
 	odd := len(bodies)
 	bodies = append(bodies, recorded...)
@@ -137,7 +145,7 @@ func TestFastAgrees(t *testing.T) {
 		List     []sub             `json:"list"`
 		Meta     map[string]string `json:"image_meta"`
 	}
-	fastRecorded := 0
+	fastRecorded, envelopeRecorded := 0, 0
 	for i, body := range bodies {
 		if m, err := parse(fast, []byte(body)); err == nil {
 			want, werr := parse(std, []byte(body))
@@ -151,11 +159,21 @@ func TestFastAgrees(t *testing.T) {
 				t.Errorf("%.80q: fast ParseHeader %+v, encoding/json %+v %v", body, h, want, werr)
 			}
 		}
-		inner, v2, err := unwrap(fast, []byte(body))
+		winner, wv2, werr := unwrapDecoded(std, []byte(body))
+		e := envelopes.Get().(*envelope)
+		if inner, v2, ok := e.read([]byte(body)); ok {
+			if werr != nil || !bytes.Equal(inner, winner) || v2 != wv2 {
+				t.Errorf("%.80q: envelope %q %v, encoding/json %q %v %v", body, inner, v2, winner, wv2, werr)
+			}
+			if i >= odd {
+				envelopeRecorded++
+			}
+		}
+		e.release()
+		inner, v2, err := unwrapDecoded(fast, []byte(body))
 		if err != nil {
 			continue
 		}
-		winner, wv2, werr := unwrap(std, []byte(body))
 		if werr != nil || !bytes.Equal(inner, winner) || v2 != wv2 {
 			t.Errorf("%.80q: fast unwrap %q %v, encoding/json %q %v %v", body, inner, v2, winner, wv2, werr)
 			continue
@@ -175,6 +193,9 @@ func TestFastAgrees(t *testing.T) {
 	if fastRecorded != len(recorded) {
 		t.Errorf("the fast reading decoded %d of the %d recorded notifications", fastRecorded, len(recorded))
 	}
+	if envelopeRecorded != len(recorded) {
+		t.Errorf("the envelope read %d of the %d recorded notifications", envelopeRecorded, len(recorded))
+	}
 }
 
 // recordedBodies are the recorded notifications' bodies; the test fails
@@ -185,4 +206,33 @@ func recordedBodies(t *testing.T) []string {
 		out = append(out, string(r.Body))
 	}
 	return out
+}
+
+// TestEnvelopeReuse reads different notifications at once, over and over:
+// a message left in a pooled envelope's buffer must never show through in
+// another reading.
+func TestEnvelopeReuse(t *testing.T) {
+	bodies := recordedBodies(t)
+	want := make([]*Message, len(bodies))
+	for i, b := range bodies {
+		m, err := Parse([]byte(b))
+		if err != nil {
+			t.Fatalf("%.80s: %v", b, err)
+		}
+		want[i] = m
+	}
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for n := range 300 {
+				i := (g*7 + n) % len(bodies)
+				got, err := Parse([]byte(bodies[i]))
+				if err != nil || !reflect.DeepEqual(got, want[i]) {
+					t.Errorf("%.80s: read %+v %v, want %+v", bodies[i], got, err, want[i])
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
