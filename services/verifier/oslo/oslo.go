@@ -328,11 +328,10 @@ func (e *envelope) read(body []byte) (inner []byte, v2, ok bool) {
 		if err != nil {
 			return nil, false, false
 		}
+		// A member named twice is an error to jsontext (where both
+		// readings take the last), so it never gets here.
 		if isVersion {
-			// A later member of the same name replaces an earlier one,
-			// as in both readings.
-			version = bytes.HasPrefix(v, []byte(`"2.`))
-			if !version {
+			if version = bytes.HasPrefix(v, []byte(`"2.`)); !version {
 				return nil, false, false
 			}
 			continue
