@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -444,7 +445,8 @@ func (s *SQLiteStore) iidsOf(ctx context.Context, instances []string) (string, e
 			iids = append(iids, iid)
 		}
 	}
-	return iidList(iids), nil
+	b, err := json.Marshal(iids)
+	return string(b), err
 }
 
 const (

@@ -4,7 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"strconv"
 	"sync"
 )
 
@@ -243,16 +242,4 @@ func (s *SQLiteStore) instanceNumbers(ctx context.Context, tx *sql.Tx, b *Batch)
 		}
 	}
 	return ids, nil
-}
-
-// iidList is a JSON array of instance numbers, for json_each.
-func iidList(iids []int64) string {
-	b := []byte{'['}
-	for i, iid := range iids {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = strconv.AppendInt(b, iid, 10)
-	}
-	return string(append(b, ']'))
 }
