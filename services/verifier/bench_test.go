@@ -168,21 +168,41 @@ func (t *benchBodies) body(i int) []byte {
 // TALLY_BENCH_HEAP=<file> writes a heap profile once everything is in the
 // verifier's store, to see what the memory holds at its largest.
 func BenchmarkBridgeToVerifier(b *testing.B) {
-	n := benchNotifications()
-	backlog := true
-	switch m := os.Getenv("TALLY_BENCH_MODE"); m {
-	case "", "backlog":
-	case "live":
-		backlog = false
-	default:
-		b.Fatalf("TALLY_BENCH_MODE=%q: want backlog or live", m)
-	}
+	n, backlog := benchNotifications(), benchBacklog(b)
 	for b.Loop() {
-		runBench(b, n, backlog)
+		runBench(b, n, backlog, true)
 	}
 }
 
-func runBench(b *testing.B, n int, backlog bool) {
+// BenchmarkBridge is BenchmarkBridgeToVerifier without the verifier:
+// RabbitMQ → notify-bridge → JetStream alone, the clock stopped once the
+// stream holds every notification. Its CPU and RabbitMQ's are the share of
+// the whole run that the verifier's store and pass do not change.
+//
+//	TALLY_BENCH_NOTIFICATIONS=1000000 go test -run '^$' -bench 'BenchmarkBridge$' -benchtime 1x ./services/verifier/
+func BenchmarkBridge(b *testing.B) {
+	n, backlog := benchNotifications(), benchBacklog(b)
+	for b.Loop() {
+		runBench(b, n, backlog, false)
+	}
+}
+
+// benchBacklog is TALLY_BENCH_MODE: true for backlog (the default).
+func benchBacklog(b *testing.B) bool {
+	switch m := os.Getenv("TALLY_BENCH_MODE"); m {
+	case "", "backlog":
+		return true
+	case "live":
+		return false
+	default:
+		b.Fatalf("TALLY_BENCH_MODE=%q: want backlog or live", m)
+		return false
+	}
+}
+
+// runBench runs one benchmark of n notifications through the bridge, and
+// through the verifier too when verify is set.
+func runBench(b *testing.B, n int, backlog, verify bool) {
 	broker := rabbittest.Connect(b)
 	bs, _ := bustest.Start(b, nil)
 	// Warnings show, so that a stall (a redelivery, a retried publish) is seen.
@@ -244,22 +264,29 @@ func runBench(b *testing.B, n int, backlog bool) {
 	bdone := make(chan error, 1)
 	go func() { bdone <- br.Run(ctx) }()
 
-	vcfg := DefaultConfig()
-	vcfg.TickTime, vcfg.PoolSize = 0.2, 4
-	vcfg.Store.Path = b.TempDir() + "/bench.db"
+	var v *Verifier
 	var settled atomic.Bool
-	v := New(vcfg, func() *bus.Bus { return bs }, nil, logger, WithClock(benchClock(&settled)))
-	if err := v.Start(ctx); err != nil {
-		b.Fatal(err)
-	}
 	vdone := make(chan error, 1)
-	go func() { vdone <- v.Run(ctx) }()
+	if verify {
+		vcfg := DefaultConfig()
+		vcfg.TickTime, vcfg.PoolSize = 0.2, 4
+		vcfg.Store.Path = b.TempDir() + "/bench.db"
+		v = New(vcfg, func() *bus.Bus { return bs }, nil, logger, WithClock(benchClock(&settled)))
+		if err := v.Start(ctx); err != nil {
+			b.Fatal(err)
+		}
+		go func() { vdone <- v.Run(ctx) }()
+	} else {
+		vdone <- nil
+	}
 	defer func() {
 		cancel()
 		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer scancel()
 		_ = br.Stop(sctx)
-		_ = v.Stop(sctx)
+		if v != nil {
+			_ = v.Stop(sctx)
+		}
 		<-bdone
 		<-vdone
 	}()
@@ -282,6 +309,9 @@ func runBench(b *testing.B, n int, backlog bool) {
 		if err != nil {
 			b.Fatal(err)
 		}
+		if info.State.Msgs == uint64(n) && !verify {
+			break
+		}
 		if info.State.Msgs == uint64(n) {
 			c, err := bs.JS.Consumer(ctx, bus.NotificationsStream, Durable)
 			if err != nil {
@@ -300,14 +330,42 @@ func runBench(b *testing.B, n int, backlog bool) {
 		}
 		if progress {
 			ready, _ := broker.Ready(queue)
-			c, _ := bs.JS.Consumer(ctx, bus.NotificationsStream, Durable)
-			ci, _ := c.Info(ctx)
-			fmt.Fprintf(os.Stderr, "%6.2fs: %d in RabbitMQ, %d on the bus, %d not yet in the verifier's store\n",
-				time.Since(start).Seconds(), ready, info.State.Msgs, ci.NumPending+uint64(ci.NumAckPending))
+			fmt.Fprintf(os.Stderr, "%6.2fs: %d in RabbitMQ, %d on the bus", time.Since(start).Seconds(), ready, info.State.Msgs)
+			if verify {
+				c, _ := bs.JS.Consumer(ctx, bus.NotificationsStream, Durable)
+				ci, _ := c.Info(ctx)
+				fmt.Fprintf(os.Stderr, ", %d not yet in the verifier's store", ci.NumPending+uint64(ci.NumAckPending))
+			}
+			fmt.Fprintln(os.Stderr)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	ingested := time.Since(start)
+	mode := "live: publishing as they are consumed"
+	if backlog {
+		mode = "backlog: all in RabbitMQ's queue before the bridge started"
+	}
+	// report reports the run, took from the start to the end.
+	report := func(took time.Duration) {
+		cpu := cpuTime() - cpuBefore
+		brokerAfter, brokerStill := brokerCPU()
+		runtime.ReadMemStats(&ms)
+		b.ReportMetric(float64(n)/took.Seconds(), "notifications/s")
+		b.ReportMetric(float64(cpu.Microseconds())/float64(n), "cpu-µs/notification")
+		if brokerLocal && brokerStill {
+			b.ReportMetric(float64((brokerAfter-brokerBefore).Microseconds())/float64(n), "rabbitmq-cpu-µs/notification")
+		}
+		b.ReportMetric(float64(ms.TotalAlloc-before)/float64(n), "B/notification")
+		b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heapMiB")
+		b.ReportMetric(float64(ms.Sys)/(1<<20), "goSysMiB")
+		b.ReportMetric(float64(peakRSS())/(1<<20), "peakRSS-MiB")
+	}
+	if !verify {
+		report(ingested)
+		b.Logf("%d notifications (%s): published to RabbitMQ in %s; from the start, all on the bus after %s",
+			n, mode, published.Round(time.Millisecond), ingested.Round(time.Millisecond))
+		return
+	}
 	if path := os.Getenv("TALLY_BENCH_HEAP"); path != "" {
 		writeHeapProfile(b, path)
 	}
@@ -331,28 +389,13 @@ func runBench(b *testing.B, n int, backlog bool) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	took := time.Since(start)
-	cpu := cpuTime() - cpuBefore
-	brokerAfter, brokerStill := brokerCPU()
+	report(took)
 	counts, _, err := v.Store().CountExists(ctx)
 	if err != nil {
 		b.Fatal(err)
 	}
 	if counts[StatusVerified] != n/2 {
 		b.Errorf("%d of %d exists verified: %v", counts[StatusVerified], n/2, counts)
-	}
-	runtime.ReadMemStats(&ms)
-	b.ReportMetric(float64(n)/took.Seconds(), "notifications/s")
-	b.ReportMetric(float64(cpu.Microseconds())/float64(n), "cpu-µs/notification")
-	if brokerLocal && brokerStill {
-		b.ReportMetric(float64((brokerAfter-brokerBefore).Microseconds())/float64(n), "rabbitmq-cpu-µs/notification")
-	}
-	b.ReportMetric(float64(ms.TotalAlloc-before)/float64(n), "B/notification")
-	b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heapMiB")
-	b.ReportMetric(float64(ms.Sys)/(1<<20), "goSysMiB")
-	b.ReportMetric(float64(peakRSS())/(1<<20), "peakRSS-MiB")
-	mode := "live: publishing as they are consumed"
-	if backlog {
-		mode = "backlog: all in RabbitMQ's queue before the bridge started"
 	}
 	b.Logf("%d notifications (%s): published to RabbitMQ in %s; from the start, all in the verifier's store after %s (%.0f/s), %d exists verified after %s",
 		n, mode, published.Round(time.Millisecond), ingested.Round(time.Millisecond), float64(n)/ingested.Seconds(), counts[StatusVerified], took.Round(time.Millisecond))
