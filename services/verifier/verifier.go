@@ -498,9 +498,15 @@ type kind[E any] struct {
 
 // drain claims pending exists of one kind a batch at a time, checks each
 // batch with the worker pool and writes its outcomes in one transaction,
-// until a short batch says none is left. Exists a failed check leaves
+// until a short batch says none is left. While a batch is checked and
+// finished, the next one is claimed and prepared: the claims walk the
+// pending exists from a cursor, so the next claim never takes what the
+// batch before it holds, and the store's work (the SQLite store's single
+// connection) does not wait for the checks. Exists a failed check leaves
 // verifying are put back to pending at the next start, as after a crash;
-// the others of the batch are finished first.
+// the others of the batch are finished first. A batch claimed and not
+// checked (claimed ahead of a failure, or whose preparation failed) is put
+// back to pending at once.
 func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time, k kind[E], count func(*Failure)) (err error) {
 	// Deferred exists (Nova unreachable) go back to pending when the pass
 	// ends; the pass's claims move past them meanwhile.
@@ -516,19 +522,41 @@ func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time, k kind[
 		}
 		v.logger.Info("exists deferred to the next pass", "kind", k.name, "count", len(deferred))
 	}()
-	c := Claim{EndingMax: endingMax, Limit: v.cfg.BatchSize, Raw: v.notifier != nil}
-	for {
-		batch, err := k.claim(ctx, c)
-		if err != nil {
+	// unclaim returns a claimed batch the pass will not check to pending.
+	unclaim := func(batch []E, err error) error {
+		if len(batch) == 0 {
 			return err
 		}
+		fs := make([]Finished, len(batch))
+		for i, e := range batch {
+			id, _ := k.id(e)
+			fs[i] = Finished{ID: id, Status: StatusPending}
+		}
+		return errors.Join(err, k.finish(context.WithoutCancel(ctx), fs))
+	}
+	c := Claim{EndingMax: endingMax, Limit: v.cfg.BatchSize, Raw: v.notifier != nil}
+	cur := fetch(ctx, k, c)
+	for {
+		if cur.err != nil {
+			return unclaim(cur.batch, cur.err)
+		}
+		batch, check := cur.batch, cur.check
 		if len(batch) == 0 {
 			return nil
 		}
 		c.After = next(c.After, len(batch), func(i int) Cursor { return k.pos(batch[i]) })
-		check, err := k.prepare(ctx, batch)
-		if err != nil {
-			return err
+		// Only a full batch may have exists after it.
+		var ahead chan fetched[E]
+		if len(batch) == v.cfg.BatchSize {
+			ahead = make(chan fetched[E], 1)
+			go func(c Claim) { ahead <- fetch(ctx, k, c) }(c)
+		}
+		// stop ends the pass with err, the batch claimed ahead unclaimed.
+		stop := func(err error) error {
+			if ahead == nil {
+				return err
+			}
+			return unclaim((<-ahead).batch, err)
 		}
 		done := make([]*Finished, len(batch))
 		idx := make([]int, len(batch))
@@ -561,7 +589,7 @@ func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time, k kind[
 			}
 		}
 		if err := k.finish(ctx, fs); err != nil {
-			return errors.Join(perr, err)
+			return stop(errors.Join(perr, err))
 		}
 		for i, f := range done {
 			if f == nil {
@@ -577,10 +605,29 @@ func drain[E any](ctx context.Context, v *Verifier, endingMax time.Time, k kind[
 			}
 		}
 		if perr != nil {
-			return perr
+			return stop(perr)
 		}
-		if len(batch) < v.cfg.BatchSize {
+		if ahead == nil {
 			return nil
 		}
+		cur = <-ahead
 	}
+}
+
+// fetched is a claimed batch and the check prepared for it.
+type fetched[E any] struct {
+	batch []E
+	check func(context.Context, E) (*Failure, error)
+	err   error
+}
+
+// fetch claims the batch after c's cursor and prepares its check. When
+// the preparation fails, the batch comes with the error, to be unclaimed.
+func fetch[E any](ctx context.Context, k kind[E], c Claim) fetched[E] {
+	batch, err := k.claim(ctx, c)
+	if err != nil || len(batch) == 0 {
+		return fetched[E]{err: err}
+	}
+	check, err := k.prepare(ctx, batch)
+	return fetched[E]{batch: batch, check: check, err: err}
 }

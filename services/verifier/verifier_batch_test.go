@@ -3,7 +3,9 @@ package verifier
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -96,4 +98,92 @@ func TestHandleBatch(t *testing.T) {
 			t.Errorf("%d launches, %d exists; want 3 and 2 (all but the refused exists)", len(st.Launches), len(st.Exists))
 		}
 	})
+}
+
+// passFailing fails the failAt-th FinishInstanceExistsBatch that finishes
+// exists (putting exists back to pending always passes), or the
+// launchesAt-th LaunchesOf.
+type passFailing struct {
+	Store
+	mu                       sync.Mutex
+	finishes, failAt         int
+	launches, failLaunchesAt int
+}
+
+func (s *passFailing) FinishInstanceExistsBatch(ctx context.Context, fs []Finished) error {
+	if len(fs) > 0 && fs[0].Status != StatusPending {
+		s.mu.Lock()
+		s.finishes++
+		n := s.finishes
+		s.mu.Unlock()
+		if n == s.failAt {
+			return errors.New("disk full")
+		}
+	}
+	return s.Store.FinishInstanceExistsBatch(ctx, fs)
+}
+
+func (s *passFailing) LaunchesOf(ctx context.Context, instances []string) (map[string][]InstanceUsage, error) {
+	s.mu.Lock()
+	s.launches++
+	n := s.launches
+	s.mu.Unlock()
+	if n == s.failLaunchesAt {
+		return nil, errors.New("disk unreadable")
+	}
+	return s.Store.LaunchesOf(ctx, instances)
+}
+
+// TestPassClaimsAhead: a pass claims and prepares the next batch while it
+// checks and finishes one. When a finish fails, the pass stops and the
+// batch it claimed ahead goes back to pending: only the batch whose finish
+// failed is left verifying (in a store whose claims mark them) until the
+// next start. A batch whose preparation failed goes back to pending too.
+// The next pass verifies everything else.
+func TestPassClaimsAhead(t *testing.T) {
+	for _, tc := range []struct {
+		name                   string
+		failAt, failLaunchesAt int
+		wantErr                string
+		verified, left         int // verified, and left verifying, by the failed pass
+	}{
+		{name: "finish", failAt: 2, wantErr: "disk full", verified: 5, left: 5},
+		{name: "prepare", failLaunchesAt: 2, wantErr: "disk unreadable", verified: 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			eachStore(t, func(t *testing.T, s Store) {
+				ctx := context.Background()
+				b := Batch{Usage: []UsageEvent{{Usage: launch(), Overwrite: true}}}
+				for i := range 20 {
+					b.Exists = append(b.Exists, exists(func(e *InstanceExists) { e.Key, e.MessageID = fmt.Sprint("k", i), fmt.Sprint("m", i) }))
+				}
+				apply(t, s, b)
+				cfg := DefaultConfig()
+				cfg.BatchSize, cfg.PoolSize = 5, 2
+				fs := &passFailing{Store: s, failAt: tc.failAt, failLaunchesAt: tc.failLaunchesAt}
+				v := New(cfg, nil, nil, nil, WithStore(fs), WithClock(func() time.Time { return ape.Add(time.Hour) }))
+				if _, err := v.VerifyPending(ctx); err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("pass: %v, want %q", err, tc.wantErr)
+				}
+				counts, _, err := s.CountExists(ctx)
+				mustDo(t, err)
+				want := map[Status]int{StatusVerified: tc.verified}
+				want[StatusPending] += 20 - tc.verified - tc.left
+				if tc.left > 0 {
+					want[claimedStatus(s)] += tc.left
+				}
+				if diff := cmp.Diff(want, counts); diff != "" {
+					t.Errorf("after the failed pass (-want +got):\n%s", diff)
+				}
+				_, err = s.ResetVerifying(ctx)
+				mustDo(t, err)
+				fs.failAt, fs.failLaunchesAt = 0, 0
+				res, err := v.VerifyPending(ctx)
+				mustDo(t, err)
+				if res.Verified != 20-tc.verified || res.Failed != 0 {
+					t.Errorf("next pass: %+v, want the %d others verified", res, 20-tc.verified)
+				}
+			})
+		})
+	}
 }
