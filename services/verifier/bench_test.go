@@ -309,10 +309,10 @@ func runBench(b *testing.B, n int, backlog, verify bool) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if info.State.Msgs == uint64(n) && !verify {
-			break
-		}
 		if info.State.Msgs == uint64(n) {
+			if !verify {
+				break
+			}
 			c, err := bs.JS.Consumer(ctx, bus.NotificationsStream, Durable)
 			if err != nil {
 				b.Fatal(err)
