@@ -10,15 +10,16 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/procfs"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/tally-accounting/tally/pkg/bus"
 	"github.com/tally-accounting/tally/pkg/bus/bustest"
@@ -414,41 +415,28 @@ func cpuTime() time.Duration {
 // process named beam.smp; false when there is none, or several, or no
 // /proc.
 func brokerCPU() (time.Duration, bool) {
-	comms, _ := filepath.Glob("/proc/[0-9]*/comm")
-	var dir string
-	for _, c := range comms {
-		name, err := os.ReadFile(c)
-		if err != nil || strings.TrimSpace(string(name)) != "beam.smp" {
-			continue
-		}
-		if dir != "" {
-			return 0, false
-		}
-		dir = filepath.Dir(c)
-	}
-	if dir == "" {
-		return 0, false
-	}
-	stat, err := os.ReadFile(dir + "/stat")
+	procs, err := procfs.AllProcs()
 	if err != nil {
 		return 0, false
 	}
-	// After "pid (comm)", the fields from the third on: utime and stime
-	// are the 14th and 15th, in clock ticks (USER_HZ, 100 on Linux).
-	i := bytes.LastIndexByte(stat, ')')
-	if i < 0 {
+	var broker *procfs.Proc
+	for _, p := range procs {
+		if comm, err := p.Comm(); err != nil || comm != "beam.smp" {
+			continue
+		}
+		if broker != nil {
+			return 0, false
+		}
+		broker = &p
+	}
+	if broker == nil {
 		return 0, false
 	}
-	f := strings.Fields(string(stat[i+1:]))
-	if len(f) < 13 {
+	stat, err := broker.Stat()
+	if err != nil {
 		return 0, false
 	}
-	utime, err1 := strconv.ParseInt(f[11], 10, 64)
-	stime, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0, false
-	}
-	return time.Duration(utime+stime) * 10 * time.Millisecond, true
+	return time.Duration(stat.CPUTime() * float64(time.Second)), true
 }
 
 func writeHeapProfile(b *testing.B, path string) {
@@ -583,38 +571,20 @@ func runStoreBench(b *testing.B, be storeBackend, n int) {
 // ingestBodies applies bodies 0..n-1 to s, read by v, in batches of per
 // by writers concurrent writers, as the bus consumer does.
 func ingestBodies(ctx context.Context, v *Verifier, s Store, bodies *benchBodies, n, per, writers int) error {
-	batches := (n + per - 1) / per
-	var next atomic.Int64
-	errs := make(chan error, writers)
-	for range writers {
-		go func() {
-			for {
-				k := int(next.Add(1)) - 1
-				if k >= batches {
-					errs <- nil
-					return
-				}
-				var batch Batch
-				for i := k * per; i < min(n, (k+1)*per); i++ {
-					if err := v.collect(&batch, bodies.body(i), "notifications.info"); err != nil {
-						errs <- err
-						return
-					}
-				}
-				if err := s.ApplyBatch(ctx, &batch); err != nil {
-					errs <- err
-					return
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(writers)
+	for start := 0; start < n; start += per {
+		g.Go(func() error {
+			var batch Batch
+			for i := start; i < min(n, start+per); i++ {
+				if err := v.collect(&batch, bodies.body(i), "notifications.info"); err != nil {
+					return err
 				}
 			}
-		}()
+			return s.ApplyBatch(ctx, &batch)
+		})
 	}
-	var first error
-	for range writers {
-		if err := <-errs; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	return g.Wait()
 }
 
 // BenchmarkUpgradeNumberInstances times the open of a version-1 store
