@@ -40,9 +40,33 @@ type Config struct {
 	// AckWait is how long a consumer may work on a message before it is
 	// redelivered.
 	AckWait time.Duration `yaml:"ack_wait"`
+	// Notifications bounds the stream notify-bridge fills apart from the
+	// record batches: it takes every OpenStack notification, thousands a
+	// second at a busy site, where the records stream takes a batch per
+	// extraction.
+	Notifications StreamLimits `yaml:"notifications"`
 }
 
-// DefaultConfig keeps records 30 days and remembers message ids 10 minutes.
+// StreamLimits overrides the limits of one stream; a zero field takes the
+// value of Config.
+type StreamLimits struct {
+	MaxAge          time.Duration `yaml:"max_age"`
+	MaxBytes        int64         `yaml:"max_bytes"`
+	DuplicateWindow time.Duration `yaml:"duplicate_window"`
+}
+
+// DefaultConfig keeps records 30 days and remembers message ids 10
+// minutes, those of notifications 2 minutes.
+//
+// JetStream keeps every id of its window in memory, 100-130 bytes each
+// (nats-server's dedupe map and array entries and the id), and the Go
+// collector of the process that embeds it walks them all at every cycle.
+// Rate times window: record batches are few, but notifications at 20,000
+// a second for 10 minutes would hold some 1.5 GB, for 2 minutes 300 MB.
+// Two minutes still cover the copies notify-bridge publishes twice, which
+// RabbitMQ redelivers as soon as the bridge reconnects; a copy after a
+// longer outage is stored twice and the verifier drops the second (see
+// services/verifier/bridge).
 func DefaultConfig() Config {
 	return Config{
 		MaxAge:          30 * 24 * time.Hour,
@@ -50,7 +74,24 @@ func DefaultConfig() Config {
 		DuplicateWindow: 10 * time.Minute,
 		Replicas:        1,
 		AckWait:         2 * time.Minute,
+		Notifications:   StreamLimits{DuplicateWindow: 2 * time.Minute},
 	}
+}
+
+// notifications is the notifications stream's limits, Config's where
+// Notifications leaves a field zero.
+func (c Config) notifications() StreamLimits {
+	l := c.Notifications
+	if l.MaxAge == 0 {
+		l.MaxAge = c.MaxAge
+	}
+	if l.MaxBytes == 0 {
+		l.MaxBytes = c.MaxBytes
+	}
+	if l.DuplicateWindow == 0 {
+		l.DuplicateWindow = c.DuplicateWindow
+	}
+	return l
 }
 
 // Validate implements config.Validator.
@@ -70,6 +111,15 @@ func (c Config) Validate() error {
 		return config.Errorf("replicas", "must be between 1 and 5")
 	case c.AckWait < time.Second:
 		return config.Errorf("ack_wait", "must be at least 1s")
+	case c.Notifications.MaxAge < 0:
+		return config.Errorf("notifications.max_age", "must not be negative (0 takes max_age)")
+	case c.Notifications.MaxBytes < -1:
+		return config.Errorf("notifications.max_bytes", "must be positive, -1 for unlimited, or 0 to take max_bytes")
+	case c.Notifications.DuplicateWindow < 0:
+		return config.Errorf("notifications.duplicate_window", "must not be negative (0 takes duplicate_window)")
+	}
+	if n := c.notifications(); n.MaxAge > 0 && n.DuplicateWindow > n.MaxAge {
+		return config.Errorf("notifications.duplicate_window", "%s exceeds the stream's max_age %s", n.DuplicateWindow, n.MaxAge)
 	}
 	return nil
 }
@@ -145,6 +195,7 @@ func (b *Bus) Close() error {
 // EnsureStreams creates or updates tally's streams; it is idempotent, so
 // every service calls it at start.
 func (b *Bus) EnsureStreams(ctx context.Context) error {
+	n := b.cfg.notifications()
 	streams := []jetstream.StreamConfig{
 		{
 			Name:        RecordsStream,
@@ -152,6 +203,7 @@ func (b *Bus) EnsureStreams(ctx context.Context) error {
 			Subjects:    []string{RawAll, EnrichedAll},
 			MaxAge:      b.cfg.MaxAge,
 			MaxBytes:    b.cfg.MaxBytes,
+			Duplicates:  b.cfg.DuplicateWindow,
 		},
 		{
 			Name:        DeadLetterStream,
@@ -159,19 +211,20 @@ func (b *Bus) EnsureStreams(ctx context.Context) error {
 			Subjects:    []string{DeadLetterAll},
 			MaxAge:      max(b.cfg.MaxAge, 90*24*time.Hour),
 			MaxBytes:    -1,
+			Duplicates:  b.cfg.DuplicateWindow,
 		},
 		{
 			Name:        NotificationsStream,
 			Description: "OpenStack notifications republished by notify-bridge",
 			Subjects:    []string{NotificationsAll},
-			MaxAge:      b.cfg.MaxAge,
-			MaxBytes:    b.cfg.MaxBytes,
+			MaxAge:      n.MaxAge,
+			MaxBytes:    n.MaxBytes,
+			Duplicates:  n.DuplicateWindow,
 		},
 	}
 	for _, sc := range streams {
 		sc.Storage = jetstream.FileStorage
 		sc.Retention = jetstream.LimitsPolicy
-		sc.Duplicates = b.cfg.DuplicateWindow
 		sc.Replicas = b.cfg.Replicas
 		if _, err := b.JS.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("create stream %s: %w", sc.Name, err)

@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,6 +17,7 @@ import (
 	"github.com/tally-accounting/tally/pkg/bus"
 	"github.com/tally-accounting/tally/pkg/bus/bustest"
 	tallyv1 "github.com/tally-accounting/tally/pkg/gen/tally/v1"
+	"github.com/tally-accounting/tally/pkg/telemetry"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -64,6 +68,108 @@ func TestEnsureStreamsIsIdempotent(t *testing.T) {
 			t.Fatalf("EnsureStreams: %v", err)
 		}
 	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	for name, tc := range map[string]struct {
+		mod  func(*bus.Config)
+		want string // in the error; empty: valid
+	}{
+		"defaults": {mod: func(*bus.Config) {}},
+		"notifications take the shared limits": {mod: func(c *bus.Config) {
+			c.Notifications = bus.StreamLimits{}
+		}},
+		"notifications limits of their own": {mod: func(c *bus.Config) {
+			c.Notifications = bus.StreamLimits{MaxAge: time.Hour, MaxBytes: 1 << 30, DuplicateWindow: time.Minute}
+		}},
+		"unlimited notifications": {mod: func(c *bus.Config) { c.Notifications.MaxBytes = -1 }},
+		"negative notifications max_age": {
+			mod:  func(c *bus.Config) { c.Notifications.MaxAge = -time.Hour },
+			want: "notifications.max_age",
+		},
+		"notifications max_bytes below -1": {
+			mod:  func(c *bus.Config) { c.Notifications.MaxBytes = -2 },
+			want: "notifications.max_bytes",
+		},
+		"negative notifications duplicate_window": {
+			mod:  func(c *bus.Config) { c.Notifications.DuplicateWindow = -time.Second },
+			want: "notifications.duplicate_window",
+		},
+		"notifications window beyond their own max_age": {
+			mod:  func(c *bus.Config) { c.Notifications.MaxAge = time.Minute },
+			want: "notifications.duplicate_window: 2m0s exceeds the stream's max_age 1m0s",
+		},
+		"notifications window beyond the shared max_age": {
+			mod:  func(c *bus.Config) { c.MaxAge, c.DuplicateWindow = time.Minute, 30*time.Second },
+			want: "notifications.duplicate_window: 2m0s exceeds the stream's max_age 1m0s",
+		},
+		"shared window beyond max_age": {
+			mod:  func(c *bus.Config) { c.MaxAge = 5 * time.Minute },
+			want: "duplicate_window: must not exceed max_age",
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c := bus.DefaultConfig()
+			tc.mod(&c)
+			err := c.Validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("Validate: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("Validate: %v, want an error with %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestStreamLimits: the notifications stream takes its own limits, the
+// others the shared ones, and a changed configuration updates streams
+// that exist.
+func TestStreamLimits(t *testing.T) {
+	_, emb := bustest.Start(t, nil)
+	connect := func(cfg bus.Config) *bus.Bus {
+		t.Helper()
+		b, err := bus.Connect(t.Context(), cfg, emb, t.Name(), telemetry.WithSpanProcessors(nil), slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+		t.Cleanup(func() { b.NC.Close() })
+		return b
+	}
+	type limits struct {
+		maxAge, window time.Duration
+		maxBytes       int64
+	}
+	check := func(b *bus.Bus, want map[string]limits) {
+		t.Helper()
+		for name, w := range want {
+			s, err := b.JS.Stream(t.Context(), name)
+			if err != nil {
+				t.Fatalf("stream %s: %v", name, err)
+			}
+			c := s.CachedInfo().Config
+			if got := (limits{c.MaxAge, c.Duplicates, c.MaxBytes}); got != w {
+				t.Errorf("stream %s: %+v, want %+v", name, got, w)
+			}
+		}
+	}
+	// bustest.Start created the streams with the defaults.
+	def := bus.DefaultConfig()
+	check(connect(def), map[string]limits{
+		bus.RecordsStream:       {def.MaxAge, 10 * time.Minute, -1},
+		bus.NotificationsStream: {def.MaxAge, 2 * time.Minute, -1},
+	})
+	cfg := def
+	cfg.MaxAge, cfg.DuplicateWindow = 48*time.Hour, 5*time.Minute
+	cfg.Notifications = bus.StreamLimits{MaxAge: 24 * time.Hour, MaxBytes: 1 << 30, DuplicateWindow: 30 * time.Second}
+	check(connect(cfg), map[string]limits{
+		bus.RecordsStream:       {48 * time.Hour, 5 * time.Minute, -1},
+		bus.NotificationsStream: {24 * time.Hour, 30 * time.Second, 1 << 30},
+	})
+	cfg.Notifications = bus.StreamLimits{}
+	check(connect(cfg), map[string]limits{
+		bus.NotificationsStream: {48 * time.Hour, 5 * time.Minute, -1},
+	})
 }
 
 // runConsumer runs c like the service manager does and returns a stop func.

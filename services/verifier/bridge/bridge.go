@@ -6,21 +6,16 @@
 // JetStream's duplicate window drops the second copy: nothing lost, nothing
 // doubled. StackTach acked before processing; this is the fix.
 //
-// The duplicate window (bus duplicate_window, 10 minutes by default) is
-// what JetStream remembers ids for: about 100-130 bytes of server memory
-// per id (nats-server's dedupe map and array entries and the id), so rate
-// times window, some 1.5 GB at 20,000 notifications/s for 10 minutes, and
-// all of a benchmark that ends within the window. A shorter window is safe
-// for the bridge's own case: the copies it publishes twice are deliveries
-// whose RabbitMQ ack was lost with a connection, redelivered as soon as it
-// reconnects (seconds, at most 10 x reconnect_delay between attempts), so
-// within a minute or two of the first copy. Only an outage longer than the
+// The duplicate window (nats.notifications.duplicate_window, 2 minutes by
+// default) is what JetStream remembers ids for, in server memory (see
+// bus.DefaultConfig). It covers the bridge's own case: the copies it
+// publishes twice are deliveries whose RabbitMQ ack was lost with a
+// connection, redelivered as soon as it reconnects (seconds, at most 10 x
+// reconnect_delay between attempts). Only an outage longer than the
 // window (RabbitMQ unreachable, the bridge down) brings a copy back after
 // it, and then the verifier still drops it: exists are unique by oslo.Key,
 // usage is folded by event time and deletes are inserted once, so a late
-// duplicate costs one redundant ingest, never a wrong count. The window
-// is shared with the records stream, so the default is left to pkg/bus;
-// deployments with a high notification rate can set it to a few minutes.
+// duplicate costs one redundant ingest, never a wrong count.
 package bridge
 
 import (
