@@ -66,7 +66,10 @@ type StreamLimits struct {
 // Two minutes still cover the copies notify-bridge publishes twice, which
 // RabbitMQ redelivers as soon as the bridge reconnects; a copy after a
 // longer outage is stored twice and the verifier drops the second (see
-// services/verifier/bridge).
+// services/verifier/bridge). The verifier's own verified notifications,
+// published again when a pass is redone after a restart, are kept once
+// if the restart takes under the window; on RabbitMQ, which has no
+// window, they are at least once in any case.
 func DefaultConfig() Config {
 	return Config{
 		MaxAge:          30 * 24 * time.Hour,
