@@ -189,8 +189,8 @@ func TestPostgresWriteRetriesAfterDeadlock(t *testing.T) {
 	if err := other.QueryRow(ctx, "SELECT pg_backend_pid(), current_setting('is_superuser')").Scan(&otherPID, &super); err != nil {
 		t.Fatal(err)
 	}
-	// Each waiting session checks for a cycle once, deadlock_timeout (1 s)
-	// after its wait began, and the one that finds it is aborted. The
+	// Each waiting session checks for a cycle once, deadlock_timeout (1 s by
+	// default) after its wait began, and the one that finds it is aborted. The
 	// writer waits first, but only by the tens of milliseconds the poll
 	// below takes, and on a loaded machine the two checks came in either
 	// order. Where the role may (a superuser), this session checks late.
