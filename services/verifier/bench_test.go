@@ -23,6 +23,7 @@ import (
 
 	"github.com/tally-accounting/tally/pkg/bus"
 	"github.com/tally-accounting/tally/pkg/bus/bustest"
+	"github.com/tally-accounting/tally/pkg/telemetry"
 	"github.com/tally-accounting/tally/services/verifier/bridge"
 	"github.com/tally-accounting/tally/services/verifier/internal/rabbittest"
 	"github.com/tally-accounting/tally/services/verifier/oslo"
@@ -168,6 +169,9 @@ func (t *benchBodies) body(i int) []byte {
 // this machine (one process named beam.smp), since both share its cores.
 // TALLY_BENCH_HEAP=<file> writes a heap profile once everything is in the
 // verifier's store, to see what the memory holds at its largest.
+// TALLY_BENCH_DUPLICATE_WINDOW (nats.notifications.duplicate_window, 2m by
+// default, which holds every id of a run) set to a few seconds shows what
+// JetStream's remembered ids cost the collector.
 func BenchmarkBridgeToVerifier(b *testing.B) {
 	n, backlog := benchNotifications(), benchBacklog(b)
 	for b.Loop() {
@@ -205,7 +209,10 @@ func benchBacklog(b *testing.B) bool {
 // through the verifier too when verify is set.
 func runBench(b *testing.B, n int, backlog, verify bool) {
 	broker := rabbittest.Connect(b)
-	bs, _ := bustest.Start(b, nil)
+	bs, emb := bustest.Start(b, nil)
+	if w := os.Getenv("TALLY_BENCH_DUPLICATE_WINDOW"); w != "" {
+		benchDuplicateWindow(b, emb, w)
+	}
 	// Warnings show, so that a stall (a redelivery, a retried publish) is seen.
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	exchange, queue := broker.Prefix+".nova", broker.Prefix+".q"
@@ -403,6 +410,26 @@ func runBench(b *testing.B, n int, backlog, verify bool) {
 	}
 	b.Logf("%d notifications (%s): published to RabbitMQ in %s; from the start, all in the verifier's store after %s (%.0f/s), %d exists verified after %s",
 		n, mode, published.Round(time.Millisecond), ingested.Round(time.Millisecond), float64(n)/ingested.Seconds(), counts[StatusVerified], took.Round(time.Millisecond))
+}
+
+// benchDuplicateWindow sets the notifications stream's duplicate window
+// to w, as nats.notifications.duplicate_window does: a bus connected with
+// that configuration updates the stream.
+func benchDuplicateWindow(b *testing.B, emb *bus.Embedded, w string) {
+	d, err := time.ParseDuration(w)
+	if err != nil {
+		b.Fatalf("TALLY_BENCH_DUPLICATE_WINDOW=%q: %v", w, err)
+	}
+	cfg := bus.DefaultConfig()
+	cfg.Notifications.DuplicateWindow = d
+	if err := cfg.Validate(); err != nil {
+		b.Fatalf("TALLY_BENCH_DUPLICATE_WINDOW=%q: %v", w, err)
+	}
+	c, err := bus.Connect(b.Context(), cfg, emb, b.Name(), telemetry.WithSpanProcessors(nil), slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.NC.Close()
 }
 
 // cpuTime is the user and system CPU time this process used so far.

@@ -263,13 +263,12 @@ func unwrapDecoded(decode decodeFunc, body []byte) (inner []byte, v2 bool, err e
 // oslo.messaging writes them, with jsontext alone, and unescapes the
 // message into a buffer it reuses. Decoding the envelope into a struct
 // took longer and allocated a new message per notification, once in the
-// bridge and again in the verifier (BenchmarkParse, when it read one body
-// over and over: the bridge's reading went from 6.0 to 4.3 µs and 1,384
-// to 176 bytes, the verifier's from 8.1 to 6.4 µs and 2,080 to 872 bytes). It answers only where both readings
-// agree; anything else (another letter case or an escape in a member
-// name, a null, a value of another type, a version not 2.x, half an
-// envelope, invalid JSON or UTF-8, trailing data) is left to them, so that
-// every error and every odd case reads as before.
+// bridge and again in the verifier (BenchmarkParse; the figures are in
+// the README). It answers only where both readings agree; anything else
+// (another letter case or an escape in a member name, a null, a value of
+// another type, a version not 2.x, half an envelope, invalid JSON or
+// UTF-8, trailing data) is left to them, so that every error and every odd
+// case reads as before.
 type envelope struct {
 	body bytes.Buffer // jsontext parses a bytes.Buffer in place
 	dec  *jsontext.Decoder
