@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/tally-accounting/tally/pkg/bus"
 	"github.com/tally-accounting/tally/pkg/metrics"
 	"github.com/tally-accounting/tally/services/verifier/bridge"
@@ -383,41 +385,22 @@ func (v *Verifier) VerifyPending(ctx context.Context) (PassResult, error) {
 	return res, nil
 }
 
-// pool runs f over items with n workers; the first error stops it. Exists
-// left verifying by an error are put back to pending at the next start.
+// pool runs f over items with at most n at a time; the first error stops
+// it from starting more. Exists left verifying by an error are put back to
+// pending at the next start.
 func pool[T any](ctx context.Context, n int, items []T, f func(T) error) error {
-	if len(items) == 0 {
-		return nil
-	}
-	ch := make(chan T)
-	var wg sync.WaitGroup
-	var once sync.Once
-	var first error
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	for range min(n, len(items)) {
-		wg.Go(func() {
-			for it := range ch {
-				if err := f(it); err != nil {
-					once.Do(func() { first = err; cancel() })
-				}
-			}
-		})
-	}
-feed:
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(max(n, 1))
 	for _, it := range items {
-		select {
-		case ch <- it:
-		case <-ctx.Done():
-			break feed
+		if gctx.Err() != nil {
+			break
 		}
+		g.Go(func() error { return f(it) })
 	}
-	close(ch)
-	wg.Wait()
-	if first == nil {
-		first = ctx.Err()
+	if err := g.Wait(); err != nil {
+		return err
 	}
-	return first
+	return ctx.Err()
 }
 
 // instanceVerifier reads the launches and deletes of a claimed batch's
