@@ -264,11 +264,11 @@ func unwrapDecoded(decode decodeFunc, body []byte) (inner []byte, v2 bool, err e
 // message into a buffer it reuses. Decoding the envelope into a struct
 // took longer and allocated a new message per notification, once in the
 // bridge and again in the verifier (BenchmarkParse; the figures are in
-// the README). It answers only where both readings agree; anything else
-// (another letter case or an escape in a member name, a null, a value of
-// another type, a version not 2.x, half an envelope, invalid JSON or
-// UTF-8, trailing data) is left to them, so that every error and every odd
-// case reads as before.
+// services/verifier/PERFORMANCE.md). It answers only where both readings
+// agree; anything else (another letter case or an escape in a member
+// name, a null, a value of another type, a version not 2.x, half an
+// envelope, invalid JSON or UTF-8, trailing data) is left to them, so
+// that every error and every odd case reads as before.
 type envelope struct {
 	body bytes.Buffer // jsontext parses a bytes.Buffer in place
 	dec  *jsontext.Decoder
