@@ -175,7 +175,7 @@ func (t *benchBodies) body(i int) []byte {
 func BenchmarkBridgeToVerifier(b *testing.B) {
 	n, backlog := benchNotifications(), benchBacklog(b)
 	for b.Loop() {
-		runBench(b, n, backlog, true)
+		runBench(b, n, backlog, throughVerifier)
 	}
 }
 
@@ -188,9 +188,38 @@ func BenchmarkBridgeToVerifier(b *testing.B) {
 func BenchmarkBridge(b *testing.B) {
 	n, backlog := benchNotifications(), benchBacklog(b)
 	for b.Loop() {
-		runBench(b, n, backlog, false)
+		runBench(b, n, backlog, toBus)
 	}
 }
+
+// BenchmarkBridgeToReader is BenchmarkBridgeToVerifier with a store that
+// keeps nothing: the verifier consumes each notification from JetStream,
+// reads it into its batch and acks it, but writes nothing and has nothing
+// to verify. It is the floor under the store: what the transport the issue
+// prescribes, and the reading, cost before a single row is written, the
+// clock stopped once the verifier acked every notification.
+//
+//	TALLY_BENCH_NOTIFICATIONS=1000000 go test -run '^$' -bench 'BenchmarkBridgeToReader$' -benchtime 1x ./services/verifier/
+func BenchmarkBridgeToReader(b *testing.B) {
+	n, backlog := benchNotifications(), benchBacklog(b)
+	for b.Loop() {
+		runBench(b, n, backlog, toReader)
+	}
+}
+
+// benchStage is how far a benchmark's notifications go.
+type benchStage int
+
+const (
+	toBus           benchStage = iota // stored in JetStream
+	toReader                          // read by the verifier, nothing stored
+	throughVerifier                   // stored by the verifier and verified
+)
+
+// discardWrites is a store that applies no batch, for BenchmarkBridgeToReader.
+type discardWrites struct{ Store }
+
+func (discardWrites) ApplyBatch(context.Context, *Batch) error { return nil }
 
 // benchBacklog is TALLY_BENCH_MODE: true for backlog (the default).
 func benchBacklog(b *testing.B) bool {
@@ -206,8 +235,9 @@ func benchBacklog(b *testing.B) bool {
 }
 
 // runBench runs one benchmark of n notifications through the bridge, and
-// through the verifier too when verify is set.
-func runBench(b *testing.B, n int, backlog, verify bool) {
+// as far as stage says.
+func runBench(b *testing.B, n int, backlog bool, stage benchStage) {
+	verify := stage != toBus
 	broker := rabbittest.Connect(b)
 	bs, emb := bustest.Start(b, nil)
 	if w := os.Getenv("TALLY_BENCH_DUPLICATE_WINDOW"); w != "" {
@@ -279,7 +309,16 @@ func runBench(b *testing.B, n int, backlog, verify bool) {
 		vcfg := DefaultConfig()
 		vcfg.TickTime, vcfg.PoolSize = 0.2, 4
 		vcfg.Store.Path = b.TempDir() + "/bench.db"
-		v = New(vcfg, func() *bus.Bus { return bs }, nil, logger, WithClock(benchClock(&settled)))
+		var opts []Option
+		if stage == toReader {
+			s, err := OpenStore(ctx, vcfg.Store)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			opts = append(opts, WithStore(discardWrites{s}))
+		}
+		v = New(vcfg, func() *bus.Bus { return bs }, nil, logger, append(opts, WithClock(benchClock(&settled)))...)
 		if err := v.Start(ctx); err != nil {
 			b.Fatal(err)
 		}
@@ -368,9 +407,15 @@ func runBench(b *testing.B, n int, backlog, verify bool) {
 		b.ReportMetric(float64(ms.Sys)/(1<<20), "goSysMiB")
 		b.ReportMetric(float64(peakRSS())/(1<<20), "peakRSS-MiB")
 	}
-	if !verify {
+	switch stage {
+	case toBus:
 		report(ingested)
 		b.Logf("%d notifications (%s): published to RabbitMQ in %s; from the start, all on the bus after %s",
+			n, mode, published.Round(time.Millisecond), ingested.Round(time.Millisecond))
+		return
+	case toReader:
+		report(ingested)
+		b.Logf("%d notifications (%s): published to RabbitMQ in %s; from the start, all read and acked by the verifier after %s",
 			n, mode, published.Round(time.Millisecond), ingested.Round(time.Millisecond))
 		return
 	}
